@@ -17,7 +17,12 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import torch
+
+    from polar_rl.models.adapter import LayerModel
 
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     # spec -> (package holding the file, GGUF file name)
@@ -169,3 +174,84 @@ def model_hash(source: str) -> str:
         st = w.stat()
         h.update(f"{w.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return getattr(torch, _DTYPES[dtype])
+    raise ModelSpecError(f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES.values()))}")
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Give a tokenizer without a pad token one: EOS, else UNK (padding is always masked out)."""
+    if tokenizer is None or getattr(tokenizer, "pad_token_id", None) is not None:
+        return
+    for name in ("eos_token", "unk_token", "bos_token"):
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            tokenizer.pad_token = token
+            return
+    raise ModelSpecError(f"tokenizer {type(tokenizer).__name__} has no pad, eos, unk or bos token to pad with")
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: Any = "float32") -> LayerModel:
+    """Load a causal LM as a LayerModel: the embedded default, a hub id, or a local directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from polar_rl.models.adapter import KNOWN_FAMILIES, AdapterError, LayerModel
+
+    resolved = resolve_model(spec)
+    torch_dtype = resolve_dtype(dtype)
+    try:
+        torch.device(device)
+    except RuntimeError as e:
+        raise ModelSpecError(f"unknown device {device!r}: {e}") from e
+    ctx = offline() if resolved.offline else _nullcontext()
+    with ctx:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, attn_implementation="sdpa")
+        except ValueError as e:
+            if "sdpa" not in str(e).lower():
+                raise ModelSpecError(f"cannot load model {spec!r}: {e}") from e
+            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, attn_implementation="eager")
+        except OSError as e:
+            raise ModelSpecError(f"cannot load model {spec!r}: {e}") from e
+        tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+    ensure_pad_token(tokenizer)
+    model = model.to(device)
+    lm = LayerModel(model, tokenizer, name=resolved.name, model_hash=model_hash(resolved.source))
+    if lm.model_type not in KNOWN_FAMILIES:
+        _verify_generic(lm, AdapterError)
+    return lm
+
+
+def _verify_generic(lm: LayerModel, error: type[Exception]) -> None:
+    """For families we have not tested, check the adapter reproduces the stock forward on a few tokens."""
+    import torch
+
+    ids = torch.arange(1, 9, device=lm.device)[None, :] % max(lm.vocab_size, 2)
+    with torch.inference_mode():
+        stock = lm.model(input_ids=ids).logits
+    ours = lm.logits(ids)
+    if not torch.allclose(stock, ours, atol=1e-4, rtol=1e-4):
+        raise error(
+            f"{type(lm.model).__name__} (model_type {lm.model_type!r}) does not follow the standard decoder layout: "
+            f"running its layers from outside does not reproduce its forward (max diff "
+            f"{(stock - ours).abs().max().item():.3g}); supported families: llama, mistral, qwen2, qwen3, gpt2, gpt_neox"
+        )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,339 @@
+"""The lockstep engine: N program-building episodes advanced one block at a time.
+
+Every program has exactly B decisions, so all N episodes stand at the same block at every step.
+Block b runs once as one batched call over the episodes that EXECUTE or LOOP, once more over those
+that LOOP; SKIP leaves the state as it is. All episodes end together (after block B-1: final norm,
+head, scoring) and the next ``reset`` draws the next N examples. The single env and the VecEnv are
+views of this engine (N = 1 and N = n_envs); it is the only place that batches episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from polar_rl.config import EnvConfig
+from polar_rl.envs.prefix_cache import PrefixCache
+from polar_rl.models.adapter import LayerInputs, LayerModel
+from polar_rl.observation import ObservationSpec, featurize, logit_lens
+from polar_rl.program import Action, Program, check_block_size
+from polar_rl.tasks.examples import MCExample, Task
+from polar_rl.tasks.multiple_choice import (
+    ChoiceScores,
+    PackedBatch,
+    choice_scores,
+    pack_questions,
+    packed_inputs,
+)
+
+MARGIN_CLIP = 10.0  # nats; margin and gold log-prob rewards are clipped to [-10, 10]
+NUM_ACTIONS = len(Action)
+
+
+class InvalidActionError(ValueError):
+    """An action outside the action space or masked at this step."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The full model's result on one example (computed once per example and kept)."""
+
+    correct: bool
+    margin: float
+
+
+@dataclass
+class _Episodes:
+    examples: list[MCExample]
+    batch: PackedBatch
+    hidden: torch.Tensor  # (N, T, H)
+    inputs: LayerInputs
+    lengths: torch.Tensor  # (N,) real tokens per row
+    runs: list[list[int]] = field(default_factory=list)
+    calls: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    loops: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    prev_action: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    block: int = 0
+
+
+def terminal_reward(scores: ChoiceScores, mode: str) -> torch.Tensor:
+    """(N,) correctness term of the reward: margin, gold_logprob (choice-normalised) or correct."""
+    if mode == "margin":
+        return scores.margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
+    if mode == "gold_logprob":
+        lp = torch.stack([g - torch.logsumexp(lps, 0) for g, lps in zip(scores.gold_logprob, scores.logprobs, strict=True)])
+        return lp.clamp(-MARGIN_CLIP, 0.0)
+    if mode == "correct":
+        return scores.correct.float()
+    raise ValueError(f"unknown reward mode {mode!r}; expected margin, gold_logprob or correct")
+
+
+def worst_reward(mode: str) -> float:
+    return 0.0 if mode == "correct" else -MARGIN_CLIP
+
+
+class LockstepEngine:
+    """N episodes of building a program for one example each, advanced in lockstep."""
+
+    def __init__(
+        self,
+        lm: LayerModel,
+        task: Task,
+        config: EnvConfig | None = None,
+        n_envs: int | None = None,
+        *,
+        shuffle: bool = True,
+        seed: int | None = None,
+        reference: dict[str, Reference] | None = None,
+    ) -> None:
+        cfg = config or EnvConfig()
+        n = cfg.n_envs if n_envs is None else n_envs
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_envs must be an int >= 1, got {n!r}")
+        if task.kind != "multiple_choice":
+            raise ValueError(f"task {task.name!r} is {task.kind}; the environment scores multiple-choice tasks")
+        if len(task) == 0:
+            raise ValueError(f"task {task.name!r} split {task.split!r} has no examples")
+        if cfg.reward not in ("margin", "gold_logprob", "correct"):
+            raise ValueError(f"unknown reward mode {cfg.reward!r}; expected margin, gold_logprob or correct")
+        if cfg.compute_penalty < 0:
+            raise ValueError(f"compute_penalty (lambda) must be >= 0, got {cfg.compute_penalty}")
+        self.lm, self.task, self.cfg, self.n = lm, task, cfg, n
+        self.num_blocks = check_block_size(lm.num_layers, cfg.block_size)
+        bad = [b for b in cfg.always_execute if not 0 <= b < self.num_blocks]
+        if bad:
+            raise ValueError(f"always_execute blocks {bad} out of range 0..{self.num_blocks - 1}")
+        self.always_execute = frozenset(cfg.always_execute)
+        self.obs_spec = ObservationSpec(lm.hidden_size, self.num_blocks, cfg.obs_pooled, cfg.obs_logit_lens)
+        self.cache = PrefixCache(cfg.prefix_cache_bytes) if cfg.prefix_cache_bytes > 0 else None
+        self.reference: dict[str, Reference] = {} if reference is None else reference
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self._order: np.ndarray = np.arange(0)
+        self._cursor = 0
+        self.nonfinite_count = 0
+        self.layer_seconds = 0.0  # wall time inside layer calls (for the layer_time_share benchmark)
+        self.ep: _Episodes | None = None
+
+    # ---- example order --------------------------------------------------------------------
+    def seed(self, seed: int | None | np.random.Generator) -> None:
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._order, self._cursor = np.arange(0), 0
+
+    def _draw(self) -> list[MCExample]:
+        size = len(self.task)
+        if self.shuffle and self.task.weights is not None:
+            idx = self.rng.choice(size, self.n, p=np.asarray(self.task.weights))
+            return [self.task.examples[i] for i in idx]  # type: ignore[misc]
+        out = []
+        for _ in range(self.n):  # a split smaller than N wraps around
+            if self._cursor >= len(self._order):
+                self._order = self.rng.permutation(size) if self.shuffle else np.arange(size)
+                self._cursor = 0
+            out.append(self.task.examples[int(self._order[self._cursor])])
+            self._cursor += 1
+        return out  # type: ignore[return-value]
+
+    # ---- episode lifecycle ----------------------------------------------------------------
+    @torch.inference_mode()
+    def reset(self, examples: list[MCExample] | None = None) -> np.ndarray:
+        """Start N new episodes (the next examples, or the given ones). Returns (N, D) observations."""
+        examples = self._draw() if examples is None else list(examples)
+        if len(examples) != self.n:
+            raise ValueError(f"reset got {len(examples)} examples for {self.n} envs")
+        batch = pack_questions(self.lm.tokenizer, examples, self.lm.pad_token_id).to(self.lm.device)
+        hidden, inputs = packed_inputs(self.lm, batch)
+        self.ep = _Episodes(
+            examples=examples, batch=batch, hidden=hidden.clone(), inputs=inputs, lengths=batch.lengths.cpu(),
+            runs=[[] for _ in range(self.n)], calls=np.zeros(self.n), loops=np.zeros(self.n, dtype=int),
+            prev_action=np.full(self.n, -1), failed=np.zeros(self.n, dtype=bool),
+        )
+        self._ensure_reference()
+        return self.observe()
+
+    def _ensure_reference(self) -> None:
+        """Run the full program on examples not seen before; fills the prefix cache on the way."""
+        assert self.ep is not None
+        todo = list({ex.id: ex for ex in self.ep.examples if ex.id not in self.reference}.values())
+        if not todo:
+            return
+        batch = pack_questions(self.lm.tokenizer, todo, self.lm.pad_token_id).to(self.lm.device)
+        hidden, inputs = packed_inputs(self.lm, batch)
+        for b in range(self.num_blocks):
+            hidden = self._run_block(b, hidden, inputs)
+            if self.cache is not None:
+                for j, ex in enumerate(todo):
+                    self.cache.put((ex.id, (1,) * (b + 1)), hidden[j, : int(batch.lengths[j])].clone())
+        scores = choice_scores(self.lm, batch, self.lm.norm(hidden))
+        for j, ex in enumerate(todo):
+            self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]))
+
+    def _run_block(self, block: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
+        for layer in range(block * self.cfg.block_size, (block + 1) * self.cfg.block_size):
+            hidden = self.lm.run_layer(layer, hidden, inputs)
+        self.layer_seconds += time.perf_counter() - t0
+        return hidden
+
+    # ---- masks ----------------------------------------------------------------------------
+    def action_masks(self) -> np.ndarray:
+        """(N, 3) bool: which of SKIP / EXECUTE / LOOP each episode may take now."""
+        assert self.ep is not None, "call reset() first"
+        ep, cfg, bs = self.ep, self.cfg, self.cfg.block_size
+        b = min(ep.block, self.num_blocks - 1)
+        masks = np.ones((self.n, NUM_ACTIONS), dtype=bool)
+        if b in self.always_execute:
+            masks[:, Action.SKIP] = False
+        if cfg.max_loops is not None:
+            masks[ep.loops >= cfg.max_loops, Action.LOOP] = False
+        if cfg.max_compute_fraction is not None:
+            budget = cfg.max_compute_fraction * self.lm.num_layers
+            forced_after = sum(1 for x in self.always_execute if x > b) * bs  # reserved for later blocks
+            room = budget - ep.calls - forced_after
+            masks[room < bs - 1e-9, Action.EXECUTE] = False
+            masks[room < cfg.loop_runs * bs - 1e-9, Action.LOOP] = False
+        empty = ~masks.any(axis=1)
+        masks[empty, Action.EXECUTE] = True  # a forced block over budget still executes once
+        return masks
+
+    # ---- step -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, bool, list[dict[str, Any]]]:
+        """Apply one action per episode to the current block.
+
+        Returns observations (N, D), rewards (N,), whether the episodes ended, and infos.
+        """
+        ep = self.ep
+        assert ep is not None, "call reset() first"
+        if ep.block >= self.num_blocks:
+            raise RuntimeError("episodes are over; call reset()")
+        acts = np.asarray(actions).reshape(-1)
+        if acts.shape[0] != self.n:
+            raise InvalidActionError(f"expected {self.n} actions, got {acts.shape[0]}")
+        masks = self.action_masks()
+        for i, a in enumerate(acts.tolist()):
+            if a not in (0, 1, 2):
+                raise InvalidActionError(f"env {i}: action {a!r} is not one of SKIP=0, EXECUTE=1, LOOP=2")
+            if not masks[i, a]:
+                raise InvalidActionError(
+                    f"env {i}: action {Action(a).name} is masked at block {ep.block} (mask {masks[i].tolist()}); "
+                    f"use action_masks() (e.g. sb3-contrib MaskablePPO)"
+                )
+        b, bs, L = ep.block, self.cfg.block_size, self.lm.num_layers
+        runs = np.where(acts == Action.LOOP, self.cfg.loop_runs, acts).astype(int)
+        runs[ep.failed] = 0
+        self._advance(b, runs)
+        rewards = -self.cfg.compute_penalty * runs * bs / L
+        ep.calls += runs * bs
+        ep.loops += (acts == Action.LOOP)
+        ep.prev_action = acts.astype(int)
+        ep.block += 1
+        done = ep.block == self.num_blocks
+        infos: list[dict[str, Any]] = [{} for _ in range(self.n)]
+        if done:
+            rewards = rewards + self._finish(infos)
+        return self.observe(), rewards.astype(np.float32), done, infos
+
+    def _advance(self, b: int, runs: np.ndarray) -> None:
+        """Run block b for every episode with runs > 0, using the prefix cache where it hits."""
+        ep = self.ep
+        assert ep is not None
+        compute: list[int] = []
+        for i in range(self.n):
+            ep.runs[i].append(int(runs[i]))
+            if runs[i] == 0:
+                continue
+            if self.cache is not None:
+                hit = self.cache.get((ep.examples[i].id, tuple(ep.runs[i])))
+                if hit is not None:
+                    ep.hidden[i, : hit.shape[0]] = hit
+                    continue
+            compute.append(i)
+        if not compute:
+            return
+        # one batched call for everyone needing run 1, again for those needing run 2, ...
+        for rep in range(int(runs[compute].max())):
+            rows = [i for i in compute if runs[i] > rep]
+            idx = torch.tensor(rows, device=ep.hidden.device)
+            width = int(ep.lengths[rows].max())
+            full = len(rows) == self.n and width == ep.hidden.shape[1]
+            sub = ep.hidden if full else ep.hidden.index_select(0, idx)[:, :width]
+            inputs = ep.inputs if full else _narrow(ep.inputs.select(idx), width)
+            out = self._run_block(b, sub, inputs)
+            if full:
+                ep.hidden = out
+            else:
+                ep.hidden[idx, :width] = out
+        finite = torch.isfinite(ep.hidden[torch.tensor(compute)]).flatten(1).all(1).cpu().numpy()
+        for i, ok in zip(compute, finite, strict=True):
+            if not ok:  # end this episode: worst reward at the end, never hand NaN to the policy
+                ep.failed[i] = True
+                ep.hidden[i] = 0.0
+                self.nonfinite_count += 1
+            elif self.cache is not None:
+                L = int(ep.lengths[i])
+                self.cache.put((ep.examples[i].id, tuple(ep.runs[i])), ep.hidden[i, :L].clone())
+
+    def _finish(self, infos: list[dict[str, Any]]) -> np.ndarray:
+        ep = self.ep
+        assert ep is not None
+        scores = choice_scores(self.lm, ep.batch, self.lm.norm(ep.hidden))
+        term = terminal_reward(scores, self.cfg.reward).numpy().astype(np.float64)
+        correct = scores.correct.numpy()
+        term = term - self.cfg.wrong_penalty * (~correct)
+        term[ep.failed] = worst_reward(self.cfg.reward) - self.cfg.wrong_penalty
+        correct = correct & ~ep.failed
+        for i, info in enumerate(infos):
+            ex, ref = ep.examples[i], self.reference[ep.examples[i].id]
+            program = Program.from_runs(ep.runs[i], self.lm.num_layers, self.cfg.block_size, self.cfg.loop_runs)
+            info.update(
+                example_id=ex.id,
+                correct=bool(correct[i]),
+                margin=float(scores.margin[i]),
+                layer_calls=int(ep.calls[i]),
+                compute_fraction=float(ep.calls[i] / self.lm.num_layers),
+                runs=list(ep.runs[i]),
+                program=str(program),
+                full_correct=ref.correct,
+                full_margin=ref.margin,
+                nonfinite=bool(ep.failed[i]),
+                reward_task=float(term[i]),
+            )
+        return term
+
+    # ---- observations ---------------------------------------------------------------------
+    def observe(self) -> np.ndarray:
+        ep = self.ep
+        assert ep is not None
+        rows = torch.arange(self.n, device=ep.hidden.device)
+        last = ep.hidden[rows, ep.batch.context_last]  # (N, H)
+        normed = self.lm.norm(last)
+        pooled = lens = None
+        if self.obs_spec.pooled:
+            ctx = torch.arange(ep.hidden.shape[1], device=ep.hidden.device)[None] <= ep.batch.context_last[:, None]
+            mean = (ep.hidden * ctx[..., None]).sum(1) / ctx.sum(1, keepdim=True)
+            pooled = self.lm.norm(mean)
+        if self.obs_spec.logit_lens:
+            lens = logit_lens(self.lm.head(normed))
+        obs = featurize(
+            self.obs_spec, normed, torch.full((self.n,), ep.block), torch.tensor(ep.calls / self.lm.num_layers),
+            torch.tensor(ep.prev_action), pooled, lens,
+        )
+        obs[torch.tensor(ep.failed)] = 0.0
+        return obs.cpu().numpy()
+
+
+def _narrow(inputs: LayerInputs, width: int) -> LayerInputs:
+    """Crop layer inputs to the first ``width`` tokens (rows shorter than the padded batch)."""
+    pe = inputs.position_embeddings
+    return LayerInputs(
+        mask=None if inputs.mask is None else inputs.mask[..., :width, :width],
+        position_ids=inputs.position_ids[:, :width],
+        position_embeddings=None if pe is None else (pe[0][:, :width], pe[1][:, :width]),
+    )

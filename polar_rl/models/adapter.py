@@ -290,7 +290,7 @@ class LayerModel:
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         cache = ProgramCache(len(calls)) if use_cache else None
         step_logits: list[torch.Tensor] = []
-        new_ids, new_mask = ids, mask  # what is fed this step
+        new_ids = ids  # what is fed this step (the whole prompt first, then one token)
         for _ in range(max_new_tokens):
             if cache is None:
                 last = self._forward_last(ids, mask, calls)

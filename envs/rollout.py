@@ -1,0 +1,82 @@
+"""Run a policy over every example of a split exactly once, through the lockstep engine.
+
+Every method (full model, static baselines, random programs, a trained policy) is evaluated by this
+one loop, so all go through the same scorer and the same compute accounting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from polar_rl.envs.engine import LockstepEngine
+from polar_rl.tasks.examples import MCExample
+
+#: (observations (N, D), action masks (N, 3), block index) -> actions (N,)
+PolicyFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def rollout(
+    engine: LockstepEngine,
+    policy: PolicyFn,
+    examples: Sequence[MCExample] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Returns one terminal info per example (in order) and the wall seconds per example."""
+    examples = list(engine.task.examples if examples is None else examples)  # type: ignore[arg-type]
+    n = engine.n
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for lo in range(0, len(examples), n):
+        chunk = examples[lo : lo + n]
+        real = len(chunk)
+        chunk = chunk + [examples[j % len(examples)] for j in range(n - real)]  # pad the last chunk
+        obs = engine.reset(chunk)
+        done, infos = False, []
+        while not done:
+            actions = policy(obs, engine.action_masks(), engine.ep.block)  # type: ignore[union-attr]
+            obs, _, done, infos = engine.step(actions)
+        records.extend(infos[:real])
+        if progress is not None:
+            progress(real)
+    seconds = (time.perf_counter() - start) / max(1, len(examples))
+    return records, seconds
+
+
+def constant_policy(runs: Sequence[int]) -> PolicyFn:
+    """A fixed program as a policy: block b takes action ``runs[b]`` (0 skip, 1 execute, 2 loop)."""
+    table = np.asarray(runs, dtype=int)
+
+    def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
+        return np.full(obs.shape[0], table[block])
+
+    return act
+
+
+def random_policy(p: Sequence[float], seed: int = 0) -> PolicyFn:
+    """Random programs: each block draws SKIP / EXECUTE / LOOP with probabilities ``p`` (within masks)."""
+    rng = np.random.default_rng(seed)
+    probs = np.asarray(p, dtype=float)
+
+    def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
+        w = masks * probs[None, :]
+        w = w / w.sum(axis=1, keepdims=True)
+        return np.array([rng.choice(3, p=row) for row in w])
+
+    return act
+
+
+def sb3_policy(model: Any, deterministic: bool = True) -> PolicyFn:
+    """Wrap an SB3 model (MaskablePPO gets the masks; PPO/A2C ignore them)."""
+
+    def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
+        try:
+            actions, _ = model.predict(obs, action_masks=masks, deterministic=deterministic)
+        except TypeError:  # not a maskable algorithm
+            actions, _ = model.predict(obs, deterministic=deterministic)
+        return np.asarray(actions)
+
+    return act

@@ -308,6 +308,7 @@ class LockstepEngine:
         return term
 
     # ---- observations ---------------------------------------------------------------------
+    @torch.inference_mode()
     def observe(self) -> np.ndarray:
         ep = self.ep
         assert ep is not None

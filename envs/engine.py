@@ -163,14 +163,34 @@ class LockstepEngine:
             return
         batch = pack_questions(self.lm.tokenizer, todo, self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
+        lengths, rows = batch.lengths.cpu(), list(range(len(todo)))
         for b in range(self.num_blocks):
-            hidden = self._run_block(b, hidden, inputs)
+            hidden = self._run_rows(b, hidden, inputs, lengths, rows)
             if self.cache is not None:
                 for j, ex in enumerate(todo):
                     self.cache.put((ex.id, (1,) * (b + 1)), hidden[j, : int(batch.lengths[j])].clone())
         scores = choice_scores(self.lm, batch, self.lm.norm(hidden))
         for j, ex in enumerate(todo):
             self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]))
+
+    def _run_rows(
+        self, block: int, hidden: torch.Tensor, inputs: LayerInputs, lengths: torch.Tensor, rows: list[int]
+    ) -> torch.Tensor:
+        """Run block ``block`` on some rows of a right-padded (N, T, H) batch, in length buckets.
+
+        Rows are sorted by length and grouped so a bucket's padding stays under ``PAD_SLACK`` of its
+        real tokens: padded tokens cost as much as real ones, and ARC rows vary 24..130 tokens.
+        """
+        for bucket in length_buckets(lengths, rows):
+            width = int(lengths[bucket[0]])
+            if len(bucket) == hidden.shape[0] and width == hidden.shape[1]:
+                hidden = self._run_block(block, hidden, inputs)
+                continue
+            idx = torch.tensor(bucket, device=hidden.device)
+            sub = hidden.index_select(0, idx)[:, :width]
+            out = self._run_block(block, sub, _narrow(inputs.select(idx), width))
+            hidden[idx, :width] = out
+        return hidden
 
     def _run_block(self, block: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         import time
@@ -257,19 +277,10 @@ class LockstepEngine:
             compute.append(i)
         if not compute:
             return
-        # one batched call for everyone needing run 1, again for those needing run 2, ...
+        # one batched call (per length bucket) for everyone needing run 1, again for run 2, ...
         for rep in range(int(runs[compute].max())):
             rows = [i for i in compute if runs[i] > rep]
-            idx = torch.tensor(rows, device=ep.hidden.device)
-            width = int(ep.lengths[rows].max())
-            full = len(rows) == self.n and width == ep.hidden.shape[1]
-            sub = ep.hidden if full else ep.hidden.index_select(0, idx)[:, :width]
-            inputs = ep.inputs if full else _narrow(ep.inputs.select(idx), width)
-            out = self._run_block(b, sub, inputs)
-            if full:
-                ep.hidden = out
-            else:
-                ep.hidden[idx, :width] = out
+            ep.hidden = self._run_rows(b, ep.hidden, ep.inputs, ep.lengths, rows)
         finite = torch.isfinite(ep.hidden[torch.tensor(compute)]).flatten(1).all(1).cpu().numpy()
         for i, ok in zip(compute, finite, strict=True):
             if not ok:  # end this episode: worst reward at the end, never hand NaN to the policy
@@ -328,6 +339,25 @@ class LockstepEngine:
         )
         obs[torch.tensor(ep.failed)] = 0.0
         return obs.cpu().numpy()
+
+
+PAD_SLACK = 0.25
+
+
+def length_buckets(lengths: torch.Tensor, rows: list[int], slack: float = PAD_SLACK) -> list[list[int]]:
+    """Group rows (longest first) so each group's padded size is <= (1 + slack) x its real tokens."""
+    order = sorted(rows, key=lambda i: -int(lengths[i]))
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets:
+            cur = buckets[-1]
+            width = int(lengths[cur[0]])
+            real = sum(int(lengths[j]) for j in cur) + int(lengths[i])
+            if width * (len(cur) + 1) <= (1 + slack) * real:
+                cur.append(i)
+                continue
+        buckets.append([i])
+    return buckets
 
 
 def _narrow(inputs: LayerInputs, width: int) -> LayerInputs:

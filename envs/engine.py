@@ -60,16 +60,27 @@ class _Episodes:
     block: int = 0
 
 
-def terminal_reward(scores: ChoiceScores, mode: str) -> torch.Tensor:
-    """(N,) correctness term of the reward: margin, gold_logprob (choice-normalised) or correct."""
+REWARD_MODES = ("margin", "gold_logprob", "correct", "margin_vs_full")
+
+
+def terminal_reward(scores: ChoiceScores, mode: str, full_margin: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) correctness term of the reward.
+
+    margin: gold log-prob minus the best other; gold_logprob: choice-normalised log-prob of gold;
+    correct: 1 / 0; margin_vs_full: margin minus the full model's margin on the same example (same
+    optimum, far less variance: the question's difficulty cancels).
+    """
     if mode == "margin":
         return scores.margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
+    if mode == "margin_vs_full":
+        assert full_margin is not None, "margin_vs_full needs the full model's margins"
+        return (scores.margin - full_margin).clamp(-MARGIN_CLIP, MARGIN_CLIP)
     if mode == "gold_logprob":
         lp = torch.stack([g - torch.logsumexp(lps, 0) for g, lps in zip(scores.gold_logprob, scores.logprobs, strict=True)])
         return lp.clamp(-MARGIN_CLIP, 0.0)
     if mode == "correct":
         return scores.correct.float()
-    raise ValueError(f"unknown reward mode {mode!r}; expected margin, gold_logprob or correct")
+    raise ValueError(f"unknown reward mode {mode!r}; expected one of {REWARD_MODES}")
 
 
 def worst_reward(mode: str) -> float:
@@ -98,8 +109,8 @@ class LockstepEngine:
             raise ValueError(f"task {task.name!r} is {task.kind}; the environment scores multiple-choice tasks")
         if len(task) == 0:
             raise ValueError(f"task {task.name!r} split {task.split!r} has no examples")
-        if cfg.reward not in ("margin", "gold_logprob", "correct"):
-            raise ValueError(f"unknown reward mode {cfg.reward!r}; expected margin, gold_logprob or correct")
+        if cfg.reward not in REWARD_MODES:
+            raise ValueError(f"unknown reward mode {cfg.reward!r}; expected one of {REWARD_MODES}")
         if cfg.compute_penalty < 0:
             raise ValueError(f"compute_penalty (lambda) must be >= 0, got {cfg.compute_penalty}")
         self.lm, self.task, self.cfg, self.n = lm, task, cfg, n
@@ -295,13 +306,15 @@ class LockstepEngine:
         ep = self.ep
         assert ep is not None
         scores = choice_scores(self.lm, ep.batch, self.lm.norm(ep.hidden))
-        term = terminal_reward(scores, self.cfg.reward).numpy().astype(np.float64)
+        refs = [self.reference[ex.id] for ex in ep.examples]
+        full_margin = torch.tensor([r.margin for r in refs])
+        term = terminal_reward(scores, self.cfg.reward, full_margin).numpy().astype(np.float64)
         correct = scores.correct.numpy()
         term = term - self.cfg.wrong_penalty * (~correct)
         term[ep.failed] = worst_reward(self.cfg.reward) - self.cfg.wrong_penalty
         correct = correct & ~ep.failed
         for i, info in enumerate(infos):
-            ex, ref = ep.examples[i], self.reference[ep.examples[i].id]
+            ex, ref = ep.examples[i], refs[i]
             program = Program.from_runs(ep.runs[i], self.lm.num_layers, self.cfg.block_size, self.cfg.loop_runs)
             info.update(
                 example_id=ex.id,

@@ -61,7 +61,7 @@ ALGORITHMS: dict[str, str] = {
 }
 # Algorithms that split each rollout into minibatches of ``batch_size``.
 MINIBATCH_ALGORITHMS: frozenset[str] = frozenset({"ppo", "maskable_ppo"})
-REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "correct")
+REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "correct", "margin_vs_full")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 TRACKING_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # spellings wandb itself accepts
@@ -352,7 +352,7 @@ class EnvConfig(_Section):
 
     block_size: int = _opt(1, "consecutive layers per decision (must divide the model's layer count)")
     loop_runs: int = _opt(2, "how many times a LOOP block runs (>= 2)")
-    reward: str = _opt("margin", "task reward: margin, gold_logprob or correct")
+    reward: str = _opt("margin", "task reward: margin, gold_logprob, correct or margin_vs_full")
     compute_penalty: float = _opt(0.1, "lambda: reward minus lambda x compute fraction (>= 0)")
     wrong_penalty: float = _opt(0.0, "extra penalty when the answer is wrong (>= 0)")
     max_compute_fraction: float | None = _opt(

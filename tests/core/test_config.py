@@ -457,11 +457,12 @@ def test_shipped_configs_load_and_hold_only_non_defaults(name):
 
 def test_smoke_config_is_tiny():
     c = load_config(CONFIGS / "smoke.yaml")
-    assert c.training.total_timesteps == 256
-    assert (c.env.n_envs, c.agent.n_steps, c.agent.batch_size) == (4, 16, 32)
-    assert (c.task.eval_limit, c.task.test_limit) == (16, 32)
+    assert c.training.total_timesteps <= 1024
+    assert c.env.n_envs * c.agent.n_steps <= c.training.total_timesteps
+    assert c.task.eval_limit is not None and c.task.eval_limit <= 64
+    assert c.task.test_limit is not None and c.task.test_limit <= 64
     assert c.tracking.mode == "disabled"
-    assert (c.training.checkpoint_freq, c.training.eval_freq) == (128, 128)
+    assert c.training.checkpoint_freq <= c.training.total_timesteps
 
 
 def test_agent_config_section_from_dict():

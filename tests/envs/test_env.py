@@ -215,3 +215,16 @@ def test_observation_layout_is_documented(real_model, train_task):
     lens = obs[0, layout["logit_lens"]]
     assert 0 <= lens[0] <= 1 and 0 <= lens[1] <= 1
     assert torch.isfinite(torch.tensor(obs)).all()
+
+
+def test_margin_vs_full_reward_is_zero_for_the_full_program(real_model, train_task):
+    engine = LockstepEngine(real_model, train_task, cfg(reward="margin_vs_full", compute_penalty=0.0), n_envs=2)
+    engine.reset(list(train_task.examples[:2]))
+    for _ in range(6):
+        _, rewards, done, infos = engine.step([1, 1])
+    np.testing.assert_allclose(rewards, 0.0, atol=1e-4)
+    engine.reset(list(train_task.examples[:2]))
+    for b in range(6):
+        _, rewards, done, infos = engine.step([0, 1] if b in (3, 4) else [1, 1])
+    assert rewards[0] == pytest.approx(infos[0]["margin"] - infos[0]["full_margin"], abs=1e-5)
+    assert rewards[0] != pytest.approx(0.0, abs=1e-3)

@@ -135,6 +135,14 @@ class LockstepEngine:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._order, self._cursor = np.arange(0), 0
 
+    def sampler_state(self) -> dict[str, Any]:
+        """Where the example order stands (for checkpoints): RNG state, order, cursor."""
+        return {"rng": self.rng.bit_generator.state, "order": self._order.copy(), "cursor": self._cursor}
+
+    def load_sampler_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._order, self._cursor = np.asarray(state["order"]), int(state["cursor"])
+
     def _draw(self) -> list[MCExample]:
         size = len(self.task)
         if self.shuffle and self.task.weights is not None:

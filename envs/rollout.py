@@ -70,12 +70,15 @@ def random_policy(p: Sequence[float], seed: int = 0) -> PolicyFn:
 
 
 def sb3_policy(model: Any, deterministic: bool = True) -> PolicyFn:
-    """Wrap an SB3 model (MaskablePPO gets the masks; PPO/A2C ignore them)."""
+    """Wrap an SB3 model (MaskablePPO gets the masks; PPO / A2C, which cannot use them, do not)."""
+    from sb3_contrib import MaskablePPO
+
+    maskable = isinstance(model, MaskablePPO)
 
     def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
-        try:
+        if maskable:
             actions, _ = model.predict(obs, action_masks=masks, deterministic=deterministic)
-        except TypeError:  # not a maskable algorithm
+        else:
             actions, _ = model.predict(obs, deterministic=deterministic)
         return np.asarray(actions)
 

@@ -14,10 +14,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -205,6 +206,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: Any = "
     """Load a causal LM as a LayerModel: the embedded default, a hub id, or a local directory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from polar_rl.models.adapter import KNOWN_FAMILIES, AdapterError, LayerModel
 
@@ -215,6 +217,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: Any = "
     except RuntimeError as e:
         raise ModelSpecError(f"unknown device {device!r}: {e}") from e
     ctx = offline() if resolved.offline else _nullcontext()
+    hf_logging.disable_progress_bar()  # keep stderr for real messages (CLI errors are one line)
     with ctx:
         try:
             model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, attn_implementation="sdpa")

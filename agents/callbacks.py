@@ -1,0 +1,225 @@
+"""SB3 callbacks: evaluation on the eval split, episode metrics, checkpoints with RNG states.
+
+Everything beyond SB3's own training loop happens here. Metrics go through ``self.logger.record``
+so they reach every logger output (stdout, ``metrics.jsonl``, W&B). Stable keys:
+
+* ``eval/accuracy``, ``eval/layer_calls``, ``eval/compute_fraction``, ``eval/correction_rate``,
+  ``eval/retention_rate``, ``eval/full_accuracy``, ``eval/seconds_per_example`` and
+  ``eval/score`` = accuracy - lambda x compute_fraction (lambda = ``env.compute_penalty``, the same
+  trade-off the reward makes; :func:`polar_rl.metrics.score`), the sweep target.
+* ``rollout/correct_rate``, ``rollout/compute_fraction``, ``rollout/nonfinite`` (fraction of
+  episodes of the rollout that hit a non-finite state), ``rollout/prefix_cache_hit_rate``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from polar_rl.agents.run_dir import atomic_open, checkpoint_paths
+from polar_rl.envs.engine import LockstepEngine
+from polar_rl.envs.rollout import rollout, sb3_policy
+from polar_rl.metrics import method_summary, score
+
+#: the keys ProgramEvalCallback logs (``training.best_metric`` must be one of them)
+EVAL_KEYS: tuple[str, ...] = (
+    "eval/accuracy",
+    "eval/layer_calls",
+    "eval/compute_fraction",
+    "eval/correction_rate",
+    "eval/retention_rate",
+    "eval/score",
+    "eval/full_accuracy",
+    "eval/seconds_per_example",
+)
+
+
+def save_model_atomic(model: Any, path: Path) -> None:
+    """``model.save`` to a temp file next to ``path``, then rename (never a half-written zip)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _crossed(now: int, last: int, every: int) -> bool:
+    """True when a multiple of ``every`` lies in (last, now]."""
+    return now // every > last // every
+
+
+class ProgramEvalCallback(BaseCallback):
+    """Every ``eval_freq`` env steps: run the current policy (deterministic) over the eval split.
+
+    Logs the ``eval/`` keys, dumps the logger at the current step, and saves ``best_model.zip`` in
+    ``run_dir`` when ``best_metric`` improves on ``best`` (pass the best value of an earlier,
+    resumed part of the run).
+    """
+
+    def __init__(
+        self,
+        eval_engine: LockstepEngine,
+        eval_freq: int,
+        compute_penalty: float,
+        best_metric: str,
+        run_dir: Path,
+        best: float = -np.inf,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if best_metric not in EVAL_KEYS:
+            raise ValueError(f"best_metric {best_metric!r} is not logged by evaluation; use one of {EVAL_KEYS}")
+        self.eval_engine, self.eval_freq = eval_engine, eval_freq
+        self.compute_penalty, self.best_metric = compute_penalty, best_metric
+        self.run_dir, self.best = Path(run_dir), best
+        self.last_metrics: dict[str, float] = {}
+        self._last = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if _crossed(self.num_timesteps, self._last, self.eval_freq):
+            self._last = self.num_timesteps
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        records, seconds = rollout(self.eval_engine, sb3_policy(self.model, deterministic=True))
+        s = method_summary(
+            [r["correct"] for r in records], [r["layer_calls"] for r in records],
+            self.eval_engine.lm.num_layers, [r["full_correct"] for r in records],
+            seconds_per_example=seconds,
+        )
+        metrics = {
+            "eval/accuracy": s["accuracy"],
+            "eval/layer_calls": s["layer_calls"],
+            "eval/compute_fraction": s["compute_fraction"],
+            "eval/correction_rate": s["correction_rate"],
+            "eval/retention_rate": s["retention_rate"],
+            "eval/score": score(s["accuracy"], s["compute_fraction"], self.compute_penalty),
+            "eval/full_accuracy": float(np.mean([r["full_correct"] for r in records])),
+            "eval/seconds_per_example": seconds,
+        }
+        for key, value in metrics.items():
+            self.logger.record(key, value)
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(self.num_timesteps)
+        if metrics[self.best_metric] > self.best:
+            self.best = metrics[self.best_metric]
+            save_model_atomic(self.model, self.run_dir / "best_model.zip")
+            if self.verbose:
+                print(f"new best {self.best_metric} = {self.best:.4f} at {self.num_timesteps} steps")
+        self.last_metrics = metrics
+        return metrics
+
+
+class EpisodeMetricsCallback(BaseCallback):
+    """Per rollout: correct rate, compute fraction and non-finite rate of the finished episodes,
+    and the prefix-cache hit rate of the rollout's lookups."""
+
+    def __init__(self, engine: LockstepEngine, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.engine = engine
+        self._episodes: list[dict[str, Any]] = []
+        self._cache_seen = (0, 0)
+
+    def _cache_counts(self) -> tuple[int, int]:
+        cache = self.engine.cache
+        return (0, 0) if cache is None else (int(cache.hits), int(cache.misses))
+
+    def _on_rollout_start(self) -> None:
+        self._episodes = []
+        self._cache_seen = self._cache_counts()
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and "correct" in info:
+                self._episodes.append(info)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        eps = self._episodes
+        if eps:
+            self.logger.record("rollout/correct_rate", float(np.mean([e["correct"] for e in eps])))
+            self.logger.record("rollout/compute_fraction", float(np.mean([e["compute_fraction"] for e in eps])))
+            self.logger.record("rollout/nonfinite", float(np.mean([e["nonfinite"] for e in eps])))
+        hits, misses = self._cache_counts()
+        lookups = (hits - self._cache_seen[0]) + (misses - self._cache_seen[1])
+        if self.engine.cache is not None and lookups:
+            self.logger.record("rollout/prefix_cache_hit_rate", (hits - self._cache_seen[0]) / lookups)
+
+    def _on_training_end(self) -> None:
+        # SB3 dumps a rollout's logs before training on it; flush the last update's train/ values
+        self.logger.dump(self.num_timesteps)
+
+
+# ---- checkpoints with RNG state --------------------------------------------------------------
+
+
+def capture_rng(engine: LockstepEngine) -> dict[str, Any]:
+    """Every random state a resumed run needs: python, numpy, torch (+ CUDA), the engine's order."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "engine_sampler": engine.sampler_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], engine: LockstepEngine) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("torch_cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    engine.load_sampler_state(state["engine_sampler"])
+
+
+def load_rng(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return pickle.load(f)  # noqa: S301 - our own checkpoint file
+
+
+class CheckpointWithRngCallback(BaseCallback):
+    """Every ``save_freq`` env steps, after the policy update: model zip + RNG states.
+
+    Files follow SB3's ``CheckpointCallback`` names (``rl_model_<steps>_steps.zip``) and add
+    ``rl_model_rng_<steps>_steps.pkl``. Both are written atomically, zip first, so the RNG file
+    marks a complete checkpoint. Saving at rollout start means the saved policy includes the last
+    update and a resume restarts cleanly at a rollout boundary.
+    """
+
+    def __init__(self, run_dir: Path, save_freq: int, engine: LockstepEngine, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.run_dir, self.save_freq, self.engine = Path(run_dir), save_freq, engine
+        self._last = 0
+        self.saved: list[int] = []
+
+    def _on_training_start(self) -> None:
+        self._last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if _crossed(self.num_timesteps, self._last, self.save_freq):
+            self._last = self.num_timesteps
+            self.save()
+
+    def save(self) -> Path:
+        zip_path, rng_path = checkpoint_paths(self.run_dir, self.num_timesteps)
+        zip_path.parent.mkdir(parents=True, exist_ok=True)
+        save_model_atomic(self.model, zip_path)
+        with atomic_open(rng_path, "wb") as f:
+            pickle.dump(capture_rng(self.engine), f)
+        self.saved.append(self.num_timesteps)
+        if self.verbose:
+            print(f"checkpoint {zip_path}")
+        return zip_path

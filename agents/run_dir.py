@@ -1,0 +1,233 @@
+"""The run folder: its name, the files that say how it was made, atomic writes, checkpoints.
+
+A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``) holds::
+
+    config.yaml        the resolved config (seed included)
+    command.txt        the command line(s) that made it (one line per start or resume)
+    git.txt            commit hash and dirty flag of the code, or "unknown"
+    seed.txt           the seed
+    checkpoints/       rl_model_<steps>_steps.zip + rl_model_rng_<steps>_steps.pkl (RNG states)
+    metrics.jsonl      one JSON line per SB3 log dump (rollout summaries and evaluations)
+    best_model.zip     best policy on ``training.best_metric``
+    model.zip          final policy
+    eval_records.jsonl per-example results of the final evaluation
+    eval.json          final evaluation, written last: a run without it is not complete
+    eval_<split>.json  later re-evaluations (``polar-rl evaluate RUN_DIR --split <split>``)
+    wandb/, wandb_id.txt  the W&B run (offline runs sync with ``wandb sync RUN_DIR/wandb/offline-run-*``)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from stable_baselines3.common.logger import KVWriter
+
+from polar_rl.config import Config, ConfigError
+
+CHECKPOINT_PREFIX = "rl_model"
+_CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)_steps\.zip$")
+EVAL_FILE = "eval.json"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a task or model name (``configs/tasks/x.yaml`` -> ``x``)."""
+    base = Path(text).stem if text.endswith((".yaml", ".yml")) else text
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "x"
+
+
+def run_name(cfg: Config, task_name: str, model_name: str, now: datetime | None = None) -> str:
+    """``<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>`` (or ``cfg.run_name``)."""
+    if cfg.run_name is not None:
+        return cfg.run_name
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    lam = f"{cfg.env.compute_penalty:g}"
+    return f"{slug(task_name)}__{slug(model_name)}__lam{lam}__s{cfg.seed}__{stamp}"
+
+
+def create_run_dir(output_dir: str | Path, name: str) -> Path:
+    """Make a new, empty run folder; a taken name gets ``-1``, ``-2``, ... appended."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = root / (name if i == 0 else f"{name}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"cannot create a run folder named {name!r} under {root}: 1000 names taken")
+
+
+# ---- provenance ----------------------------------------------------------------------------
+
+
+def git_description(where: Path | None = None) -> str:
+    """``commit <hash>\\ndirty <true|false>`` of the repository holding this code, or ``unknown``."""
+    cwd = where or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown\n"
+    return f"commit {head}\ndirty {'true' if status.strip() else 'false'}\n"
+
+
+def write_provenance(run_dir: Path, argv: Sequence[str], seed: int) -> None:
+    """command.txt, git.txt and seed.txt of a new run."""
+    (run_dir / "command.txt").write_text(shlex.join(argv) + "\n")
+    (run_dir / "git.txt").write_text(git_description())
+    (run_dir / "seed.txt").write_text(f"{seed}\n")
+
+
+def append_command(run_dir: Path, argv: Sequence[str]) -> None:
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(shlex.join(argv) + "\n")
+
+
+# ---- atomic writes ---------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON data from numpy scalars/arrays, tuples and non-finite floats (-> null)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    with atomic_open(path) as f:
+        json.dump(to_jsonable(data), f, indent=2)
+        f.write("\n")
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(to_jsonable(row)) + "\n")
+    return Path(path)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def checkpoint_paths(run_dir: Path, steps: int) -> tuple[Path, Path]:
+    """(model zip, RNG-state pickle) of the checkpoint at ``steps`` env steps."""
+    folder = run_dir / "checkpoints"
+    return (
+        folder / f"{CHECKPOINT_PREFIX}_{steps}_steps.zip",
+        folder / f"{CHECKPOINT_PREFIX}_rng_{steps}_steps.pkl",
+    )
+
+
+def list_checkpoints(run_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints (zip and RNG file both present), ascending."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    steps = []
+    for p in folder.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and checkpoint_paths(run_dir, int(m.group(1)))[1].is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_checkpoint(run_dir: Path) -> int:
+    """Steps of the newest complete checkpoint; ConfigError naming the folder when there is none."""
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise ConfigError(
+            f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} "
+            f"(expected {CHECKPOINT_PREFIX}_<steps>_steps.zip with its RNG file)"
+        )
+    return steps[-1]
+
+
+# ---- metrics.jsonl ---------------------------------------------------------------------------
+
+
+class JsonlWriter(KVWriter):
+    """SB3 logger output: appends each dump as one JSON line ``{"step": ..., key: value, ...}``.
+
+    Unlike SB3's ``json`` format it appends, so a resumed run keeps the lines written before.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if torn:  # a killed run left half a line: end it so the next line stays whole
+            self.file.write("\n")
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        row: dict[str, Any] = {"step": int(step)}
+        for key, value in sorted(key_values.items()):
+            excluded = key_excluded.get(key) or ()
+            if "json" in excluded:
+                continue
+            if hasattr(value, "dtype") and getattr(value, "size", 1) == 1:
+                value = value.item()
+            if isinstance(value, bool | int | float | str) or value is None:
+                row[key] = value
+        self.file.write(json.dumps(to_jsonable(row)) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl`` (a torn last line from a killed run is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows

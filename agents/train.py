@@ -1,0 +1,230 @@
+"""Train a policy that picks SKIP / EXECUTE / LOOP per block of layers, then evaluate it.
+
+    # the whole pipeline in about a minute on a laptop CPU
+    polar-rl train --config configs/smoke.yaml
+    # the main job, with a different compute penalty and seed
+    polar-rl train --config configs/default.yaml --env.compute_penalty 0.05 --seed 3
+    # continue a killed run from its latest checkpoint (training.* / tracking.* may be overridden)
+    polar-rl train --resume runs/arc_easy__smollm2-135m__lam0.1__s0__20250101-120000
+    # every setting with its help text and default
+    polar-rl train --help
+
+The run folder (see :mod:`polar_rl.agents.run_dir`) gets the resolved config, command, commit and
+seed before training starts, checkpoints and ``metrics.jsonl`` while it runs, and ``eval.json``
+(full model vs policy on the test split) last. Everything beyond SB3's ``learn`` is a callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecMonitor
+
+from polar_rl.agents.algorithms import check_algorithm, load_algorithm, make_algorithm
+from polar_rl.agents.callbacks import (
+    EVAL_KEYS,
+    CheckpointWithRngCallback,
+    EpisodeMetricsCallback,
+    ProgramEvalCallback,
+    load_rng,
+    restore_rng,
+    save_model_atomic,
+)
+from polar_rl.agents.evaluate import evaluate_methods, load_lm, load_split, make_engine, print_summary
+from polar_rl.agents.reference_store import ReferenceStore
+from polar_rl.agents.run_dir import (
+    EVAL_FILE,
+    JsonlWriter,
+    append_command,
+    checkpoint_paths,
+    create_run_dir,
+    latest_checkpoint,
+    read_metrics,
+    run_name,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_provenance,
+)
+from polar_rl.agents.wandb_output import WandbWriter, finish_run, log_summary, start_run
+from polar_rl.config import (
+    Config,
+    ConfigError,
+    add_config_arguments,
+    load_config,
+    overrides_from_args,
+    save_config,
+)
+from polar_rl.envs.vec_env import LayerProgramVecEnv
+
+RESUMABLE_SECTIONS = ("training.", "tracking.")
+
+
+def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | None = None) -> Path:
+    """Train with ``cfg`` (or continue the run folder ``resume``); returns the run folder."""
+    argv = list(sys.argv if argv is None else argv)
+    check_algorithm(cfg)
+    if cfg.training.best_metric not in EVAL_KEYS:
+        raise ConfigError(
+            f"training.best_metric: {cfg.training.best_metric!r} is not logged by evaluation; "
+            f"choose one of {', '.join(EVAL_KEYS)}"
+        )
+    if cfg.seed is None:
+        cfg = cfg.with_seed()
+        print(f"seed: {cfg.seed} (drawn; pass --seed {cfg.seed} to repeat this run)")
+    else:
+        print(f"seed: {cfg.seed}")
+    seed = int(cfg.seed)  # type: ignore[arg-type]
+
+    # ---- data and environments (every setup error is a ConfigError, before any folder exists)
+    train_task = load_split(cfg, cfg.task.train_split)
+    eval_task = load_split(cfg, cfg.task.eval_split, cfg.task.eval_limit)
+    test_task = load_split(cfg, cfg.task.test_split, cfg.task.test_limit)
+    lm = load_lm(cfg)
+    stores = {t.split: ReferenceStore(lm.model_hash, t.name, t.split, cfg.model.dtype) for t in (train_task, eval_task)}
+    refs = {split: store.load() for split, store in stores.items()}
+    try:
+        venv = LayerProgramVecEnv(model=lm, task=train_task, config=cfg.env, n_envs=cfg.env.n_envs,
+                                  shuffle=True, seed=seed, reference=refs[train_task.split])
+    except ValueError as e:
+        raise ConfigError(f"env: {e}") from None
+    eval_engine = make_engine(lm, eval_task, cfg, n_envs=min(cfg.env.n_envs, len(eval_task)), shuffle=False,
+                              reference=refs[eval_task.split])
+    env = VecMonitor(venv)
+
+    # ---- run folder and model: new, or the latest checkpoint of the resumed run
+    if resume is None:
+        run_dir = create_run_dir(cfg.output_dir, run_name(cfg, train_task.name, lm.name))
+        save_config(cfg, run_dir / "config.yaml")
+        write_provenance(run_dir, argv, seed)
+        set_random_seed(seed)
+        model = make_algorithm(cfg, env, seed)
+        best = float("-inf")
+    else:
+        run_dir = Path(resume)
+        steps = latest_checkpoint(run_dir)
+        append_command(run_dir, argv)
+        save_config(cfg, run_dir / "config.yaml")  # with any training.* / tracking.* overrides
+        zip_path, rng_path = checkpoint_paths(run_dir, steps)
+        model = load_algorithm(cfg.agent.algo, zip_path, env=env)
+        model._last_obs = None  # start fresh episodes: the engine's mid-episode state is not saved
+        venv._reset_seeds()  # .load() seeded the env again; the restored RNG state takes over
+        restore_rng(load_rng(rng_path), venv.engine)
+        best = max((m[cfg.training.best_metric] for m in read_metrics(run_dir)
+                    if m.get(cfg.training.best_metric) is not None), default=float("-inf"))
+        print(f"resuming {run_dir} from {zip_path.name} ({model.num_timesteps} steps)")
+    print(f"run folder: {run_dir}")
+
+    wandb_run = start_run(cfg, run_dir, run_dir.name)
+    logger = configure(str(run_dir), ["stdout"])
+    logger.output_formats.append(JsonlWriter(run_dir / "metrics.jsonl"))
+    if wandb_run is not None:
+        logger.output_formats.append(WandbWriter(wandb_run))
+    model.set_logger(logger)
+
+    callbacks = CallbackList([
+        EpisodeMetricsCallback(venv.engine),
+        ProgramEvalCallback(eval_engine, cfg.training.eval_freq, cfg.env.compute_penalty,
+                            cfg.training.best_metric, run_dir, best=best),
+        CheckpointWithRngCallback(run_dir, cfg.training.checkpoint_freq, venv.engine),
+    ])
+    exit_code = 1
+    try:
+        remaining = cfg.training.total_timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=callbacks, progress_bar=cfg.training.progress_bar,
+                        reset_num_timesteps=resume is None)
+        save_model_atomic(model, run_dir / "model.zip")
+        for split, store in stores.items():
+            store.save(refs[split])
+        result = final_evaluation(lm, cfg, model, test_task, run_dir)
+        log_summary(wandb_run, tracking_summary(result))
+        exit_code = 0
+    finally:
+        logger.close()
+        finish_run(wandb_run, exit_code)
+    print_summary(result)
+    print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def final_evaluation(lm: Any, cfg: Config, model: Any, task: Any, run_dir: Path) -> dict[str, Any]:
+    """Full vs policy (the best model if evaluation saved one, else the final) on the test split;
+    writes ``eval_records.jsonl``, then ``eval.json`` last."""
+    best = run_dir / "best_model.zip"
+    policy = load_algorithm(cfg.agent.algo, best) if best.is_file() else model
+    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
+    reference = store.load()
+    result, records = evaluate_methods(lm, cfg, policy, task, reference, cfg.training.progress_bar)
+    store.save(reference)
+    result["policy_checkpoint"] = best.name if best.is_file() else "model.zip"
+    result["num_timesteps"] = int(model.num_timesteps)
+    write_jsonl_atomic(run_dir / "eval_records.jsonl", records)
+    write_json_atomic(run_dir / EVAL_FILE, result)
+    return result
+
+
+def tracking_summary(result: dict[str, Any]) -> dict[str, float]:
+    """Flat ``test/<method>/<metric>`` numbers for the W&B summary."""
+    out = {}
+    for name, m in result["methods"].items():
+        for key in ("accuracy", "layer_calls", "compute_fraction", "flops_fraction", "delta_vs_full"):
+            if m.get(key) is not None:
+                out[f"test/{name}/{key}"] = m[key]
+        out[f"test/{name}/mcnemar_p"] = m["mcnemar"]["p_value"]
+    return out
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (only values that differ from the defaults)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue this run folder from its latest checkpoint")
+    add_config_arguments(parser)
+    return parser
+
+
+def config_from_args(argv: Sequence[str], prog: str | None = None) -> tuple[Config, Path | None]:
+    """Parse ``argv`` into the config (defaults -> YAML -> overrides) and the folder to resume."""
+    args, unknown = make_parser(prog).parse_known_args(argv)
+    overrides = overrides_from_args(args) + list(unknown)  # unknown --keys get load_config's hints
+    if args.resume is None:
+        return load_config(args.config, overrides), None
+    if args.config is not None:
+        raise ConfigError("--resume takes the run's own config.yaml; drop --config")
+    for token in overrides:
+        key = str(token)[2:].split("=", 1)[0]
+        if str(token).startswith("--") and not key.startswith(RESUMABLE_SECTIONS):
+            raise ConfigError(f"--resume: only training.* and tracking.* settings may change, got --{key}")
+    run_dir = args.resume
+    if not run_dir.is_dir():
+        raise ConfigError(f"cannot resume {run_dir}: no such folder")
+    latest_checkpoint(run_dir)  # a folder without a checkpoint fails here, naming the folder
+    if (run_dir / EVAL_FILE).exists():
+        raise ConfigError(f"cannot resume {run_dir}: the run is complete ({EVAL_FILE} exists)")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume {run_dir}: no config.yaml (not a run folder)")
+    return load_config(run_dir / "config.yaml", overrides), run_dir
+
+
+def run_cli(argv: Sequence[str], prog: str = "polar-rl train", command: Sequence[str] | None = None) -> int:
+    cfg, resume = config_from_args(argv, prog)
+    main(cfg, resume=resume, argv=command)
+    return 0
+
+
+if __name__ == "__main__":
+    from polar_rl.agents.cli import invocation
+    from polar_rl.agents.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]], command_line=invocation()))

@@ -1,0 +1,79 @@
+"""Helpers for the agents tests: run the real ``polar-rl`` console script, read W&B offline runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+_SCRIPT = Path(sys.executable).parent / "polar-rl"
+#: the installed console script (or the same entry point through the interpreter)
+POLAR_RL: list[str] = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "polar_rl.agents.cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: W&B disabled unless asked for, quiet, unbuffered."""
+    env = dict(os.environ)
+    env.update(WANDB_MODE="disabled", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_polar_rl(args: Sequence[str], timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``polar-rl ARGS`` from the repository root and capture its output."""
+    return subprocess.run(
+        [*POLAR_RL, *map(str, args)], cwd=REPO, env=cli_env(**env), capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.iterdir() if p.is_dir()) if output_dir.is_dir() else []
+
+
+# ---- W&B offline run files ------------------------------------------------------------------------
+
+
+def _wandb_chunks(data: bytes) -> Iterator[bytes]:
+    """Records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then LevelDB-log
+    framing in 32 KiB blocks (crc32 4 bytes, length 2 bytes LE, type 1 byte: FULL/FIRST/MIDDLE/LAST)."""
+    assert data[:4] == b":W&B", f"not a W&B datastore file (header {data[:7]!r})"
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``wandb.log`` row of the offline run(s) under ``run_dir/wandb``, read from the .wandb file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert files, f"no offline W&B run under {run_dir / 'wandb'}"
+    rows = []
+    for path in files:
+        for raw in _wandb_chunks(path.read_bytes()):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return rows

@@ -1,0 +1,110 @@
+"""End to end through the real CLI: ``polar-rl train --config configs/smoke.yaml`` with the real model.
+
+One training run (module fixture, ``WANDB_MODE=offline`` overriding the file's ``disabled``) serves
+the run-folder, eval.json, W&B and re-evaluation tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from polar_rl.agents import cli
+from tests.agents.helpers import run_dirs, run_polar_rl, wandb_history
+
+pytestmark = pytest.mark.real
+
+METHOD_KEYS = {"n", "accuracy", "accuracy_ci", "layer_calls", "compute_fraction", "flops_fraction",
+               "correction_rate", "retention_rate", "seconds_per_example", "delta_vs_full", "delta_ci", "mcnemar"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output_dir = tmp_path_factory.mktemp("smoke") / "runs"
+    proc = run_polar_rl(["train", "--config", "configs/smoke.yaml", "--output_dir", output_dir],
+                        WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (run,) = run_dirs(output_dir)
+    return run
+
+
+def test_run_folder_says_how_it_was_made(smoke_run: Path) -> None:
+    names = {p.name for p in smoke_run.iterdir()}
+    assert {"config.yaml", "command.txt", "git.txt", "seed.txt", "checkpoints", "metrics.jsonl",
+            "best_model.zip", "model.zip", "eval_records.jsonl", "eval.json"} <= names
+    assert smoke_run.name.startswith("arc_easy__smollm2-135m__lam0.1__s0__")
+    cfg = yaml.safe_load((smoke_run / "config.yaml").read_text())
+    assert cfg["seed"] == 0 and cfg["training"]["total_timesteps"] == 128
+    assert (smoke_run / "seed.txt").read_text().strip() == "0"
+    assert "train --config configs/smoke.yaml" in (smoke_run / "command.txt").read_text()
+    git = (smoke_run / "git.txt").read_text()
+    assert git.startswith("commit ") or git.strip() == "unknown"
+    assert sorted(p.name for p in (smoke_run / "checkpoints").iterdir()) == [
+        "rl_model_64_steps.zip", "rl_model_rng_64_steps.pkl"]
+    assert not [p for p in smoke_run.rglob(".*.tmp")]
+
+
+def test_eval_json_schema_and_numbers(smoke_run: Path) -> None:
+    result = json.loads((smoke_run / "eval.json").read_text())
+    assert result["task"] == "arc_easy" and result["split"] == "test" and result["n"] == 16
+    assert result["model"] == "smollm2-135m" and result["seed"] == 0
+    assert result["compute_penalty"] == 0.1 and result["num_timesteps"] == 128
+    assert set(result["methods"]) == {"full", "policy"}
+    for name, m in result["methods"].items():
+        assert METHOD_KEYS <= set(m), name
+        assert m["n"] == 16
+        assert 0.0 <= m["accuracy"] <= 1.0
+        lo, hi = m["accuracy_ci"]
+        assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0
+        assert 0.0 <= m["compute_fraction"] <= 2.0
+        assert 0.0 < m["flops_fraction"]
+        assert 0.0 <= m["mcnemar"]["p_value"] <= 1.0
+    full = result["methods"]["full"]
+    assert full["compute_fraction"] == 1.0 and full["flops_fraction"] == pytest.approx(1.0)
+    assert full["layer_calls"] == 30 and full["delta_vs_full"] == 0.0
+    records = [json.loads(line) for line in (smoke_run / "eval_records.jsonl").read_text().splitlines()]
+    assert len(records) == 32 and {r["method"] for r in records} == {"full", "policy"}
+    policy = [r for r in records if r["method"] == "policy"]
+    assert sum(r["correct"] for r in policy) / 16 == result["methods"]["policy"]["accuracy"]
+
+
+def test_metrics_jsonl_has_rollouts_and_evaluations(smoke_run: Path) -> None:
+    rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/score" in r]
+    assert [r["step"] for r in evals] == [64, 128]
+    for r in evals:
+        assert r["eval/score"] == pytest.approx(r["eval/accuracy"] - 0.1 * r["eval/compute_fraction"])
+        assert 0.0 <= r["eval/full_accuracy"] <= 1.0
+    rollouts = [r for r in rows if "rollout/correct_rate" in r]
+    assert len(rollouts) == 2
+    assert {"rollout/compute_fraction", "rollout/nonfinite", "rollout/prefix_cache_hit_rate",
+            "rollout/ep_rew_mean"} <= set(rollouts[-1])
+    assert any(k.startswith("train/") for r in rows for k in r)
+
+
+def test_wandb_offline_run_has_sb3_and_eval_keys(smoke_run: Path) -> None:
+    """The offline run's history, read back from its .wandb file (see conftest.wandb_history)."""
+    rows = wandb_history(smoke_run)
+    keys = {k for row in rows for k in row}
+    assert {"eval/accuracy", "eval/score", "rollout/ep_rew_mean", "rollout/correct_rate"} <= keys
+    assert any(k.startswith("train/") for k in keys)
+    assert any(k.startswith("time/") for k in keys)
+    assert max(row["_step"] for row in rows) == 128
+    assert (smoke_run / "wandb_id.txt").is_file()
+
+
+def test_evaluate_command_re_evaluates_the_run(smoke_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["evaluate", str(smoke_run), "--split", "test", "--limit", "4", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads((smoke_run / "eval_test.json").read_text())
+    assert result["n"] == 4 and set(result["methods"]) == {"full", "policy"}
+    assert result["policy_checkpoint"] == "best_model.zip"
+    assert "McNemar" in out and "policy" in out
+    # the first 4 test examples are the first 4 of the training run's 16: same full-model results
+    train_records = [json.loads(x) for x in (smoke_run / "eval_records.jsonl").read_text().splitlines()]
+    first = [r["correct"] for r in train_records if r["method"] == "full"][:4]
+    assert result["methods"]["full"]["accuracy"] == sum(first) / 4

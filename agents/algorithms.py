@@ -8,6 +8,7 @@ algorithm takes is spelled out once here: PPO and MaskablePPO take minibatch set
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,27 @@ def make_algorithm(cfg: Config, env: VecEnv, seed: int) -> BaseAlgorithm:
     check_algorithm(cfg)
     cls = algorithm_class(cfg.agent.algo)
     try:
-        return cls("MlpPolicy", env, seed=seed, **algorithm_kwargs(cfg.agent))
+        model = cls("MlpPolicy", env, seed=seed, **algorithm_kwargs(cfg.agent))
     except TypeError as e:  # an agent.kwargs key the algorithm does not take
         raise ConfigError(f"agent.kwargs: {cls.__name__} rejected the arguments: {e}") from None
+    if cfg.agent.init_action_probs is not None:
+        set_initial_action_probs(model, cfg.agent.init_action_probs)
+    return model
+
+
+def set_initial_action_probs(model: BaseAlgorithm, probs: Sequence[float]) -> None:
+    """Start the policy at given action probabilities whatever the observation.
+
+    SB3 initialises the action head with gain 0.01, so its logits are ~0 and the bias sets the
+    initial distribution; scaling the weights further keeps the start state-independent. Starting
+    near EXECUTE explores programs close to the full model instead of uniformly random ones.
+    """
+    import torch
+
+    head = model.policy.action_net  # type: ignore[union-attr]
+    with torch.no_grad():
+        head.weight.mul_(0.1)
+        head.bias.copy_(torch.log(torch.tensor(list(probs), dtype=head.bias.dtype)))
 
 
 def load_algorithm(name: str, path: Path, env: VecEnv | None = None) -> BaseAlgorithm:

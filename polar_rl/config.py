@@ -402,6 +402,9 @@ class AgentConfig(_Section):
     gamma: float = _opt(1.0, "discount factor (1.0: episodes are short and finite)")
     gae_lambda: float = _opt(0.95, "GAE lambda")
     ent_coef: float = _opt(0.01, "entropy bonus coefficient")
+    init_action_probs: list[float] | None = _opt(
+        None, "initial policy probabilities of [SKIP, EXECUTE, LOOP] (null: uniform); start near the full model"
+    )
     kwargs: dict[str, Any] = _opt({}, "extra keyword arguments passed through to the SB3 algorithm")
 
     # kwargs keys that other settings own: key -> where to set it instead
@@ -426,6 +429,10 @@ class AgentConfig(_Section):
             if not 0.0 <= value <= 1.0:
                 raise self._fail(name, "in [0, 1]", value)
         self._non_negative("ent_coef")
+        if self.init_action_probs is not None:
+            p = self.init_action_probs
+            if len(p) != 3 or any(not (0 < x < 1) for x in p) or abs(sum(p) - 1) > 1e-6:
+                raise self._fail("init_action_probs", "3 probabilities in (0, 1) summing to 1", p)
         own = {f.name for f in fields(self)} - {"algo", "kwargs"}
         for key in self.kwargs:
             if key in own:

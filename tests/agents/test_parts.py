@@ -150,9 +150,15 @@ def test_every_algorithm_builds_and_learns_from_the_config(algo: str) -> None:
             return np.ones(3, dtype=bool)
 
     cfg = load_config(overrides=["--agent.algo", algo, "--env.n_envs", "2", "--agent.n_steps", "8",
-                                 "--agent.batch_size", "8", "--agent.net_arch", "[8]"])
+                                 "--agent.batch_size", "8", "--agent.net_arch", "[8]",
+                                 "--agent.init_action_probs", "[0.1, 0.85, 0.05]"])
     env = DummyVecEnv([Toy, Toy])
     model = make_algorithm(cfg, env, seed=0)
+    import torch
+
+    obs = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (4, 5)), dtype=torch.float32)
+    probs = model.policy.get_distribution(obs).distribution.probs.detach()
+    torch.testing.assert_close(probs, torch.tensor([[0.1, 0.85, 0.05]] * 4), atol=0.01, rtol=0)
     assert type(model) is algorithm_class(algo)
     assert model.n_steps == 8 and model.seed == 0
     model.learn(16)

@@ -5,8 +5,10 @@ so they reach every logger output (stdout, ``metrics.jsonl``, W&B). Stable keys:
 
 * ``eval/accuracy``, ``eval/layer_calls``, ``eval/compute_fraction``, ``eval/correction_rate``,
   ``eval/retention_rate``, ``eval/full_accuracy``, ``eval/seconds_per_example`` and
-  ``eval/score`` = accuracy - lambda x compute_fraction (lambda = ``env.compute_penalty``, the same
-  trade-off the reward makes; :func:`polar_rl.metrics.score`), the sweep target.
+  ``eval/score`` = accuracy - ``training.score_penalty`` x compute_fraction (default 0.1: 10 % of
+  compute is worth one accuracy point; :func:`polar_rl.metrics.score`), the sweep target. It is
+  deliberately not the reward's lambda, which is in reward units (nats of margin for the margin
+  rewards): one fixed scale lets runs with different lambdas be compared.
 * ``rollout/correct_rate``, ``rollout/compute_fraction``, ``rollout/nonfinite`` (fraction of
   episodes of the rollout that hit a non-finite state), ``rollout/prefix_cache_hit_rate``.
 """
@@ -65,7 +67,7 @@ class ProgramEvalCallback(BaseCallback):
         self,
         eval_engine: LockstepEngine,
         eval_freq: int,
-        compute_penalty: float,
+        score_penalty: float,
         best_metric: str,
         run_dir: Path,
         best: float = -np.inf,
@@ -75,7 +77,7 @@ class ProgramEvalCallback(BaseCallback):
         if best_metric not in EVAL_KEYS:
             raise ValueError(f"best_metric {best_metric!r} is not logged by evaluation; use one of {EVAL_KEYS}")
         self.eval_engine, self.eval_freq = eval_engine, eval_freq
-        self.compute_penalty, self.best_metric = compute_penalty, best_metric
+        self.score_penalty, self.best_metric = score_penalty, best_metric
         self.run_dir, self.best = Path(run_dir), best
         self.last_metrics: dict[str, float] = {}
         self._last = 0
@@ -102,7 +104,7 @@ class ProgramEvalCallback(BaseCallback):
             "eval/compute_fraction": s["compute_fraction"],
             "eval/correction_rate": s["correction_rate"],
             "eval/retention_rate": s["retention_rate"],
-            "eval/score": score(s["accuracy"], s["compute_fraction"], self.compute_penalty),
+            "eval/score": score(s["accuracy"], s["compute_fraction"], self.score_penalty),
             "eval/full_accuracy": float(np.mean([r["full_correct"] for r in records])),
             "eval/seconds_per_example": seconds,
         }

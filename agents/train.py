@@ -130,7 +130,7 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
 
     callbacks = CallbackList([
         EpisodeMetricsCallback(venv.engine),
-        ProgramEvalCallback(eval_engine, cfg.training.eval_freq, cfg.env.compute_penalty,
+        ProgramEvalCallback(eval_engine, cfg.training.eval_freq, cfg.training.score_penalty,
                             cfg.training.best_metric, run_dir, best=best),
         CheckpointWithRngCallback(run_dir, cfg.training.checkpoint_freq, venv.engine),
     ])

@@ -462,11 +462,17 @@ class TrainingConfig(_Section):
     total_timesteps: int = _opt(30000, "environment steps to train for, summed over all envs")
     eval_freq: int = _opt(5000, "evaluate on the eval split every this many env steps")
     checkpoint_freq: int = _opt(5000, "save a checkpoint every this many env steps")
+    score_penalty: float = _opt(
+        0.1, "eval/score = accuracy - score_penalty x compute_fraction (one scale for every lambda; 0.1: "
+        "10 % of compute is worth 1 accuracy point)"
+    )
     best_metric: str = _opt("eval/score", "logged metric (higher is better) that picks the best checkpoint")
     progress_bar: bool = _opt(True, "show a progress bar")
 
     def _check(self) -> None:
         self._positive("total_timesteps", "eval_freq", "checkpoint_freq")
+        self._finite("score_penalty")
+        self._non_negative("score_penalty")
         self._non_empty("best_metric")
 
 

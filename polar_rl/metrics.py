@@ -82,6 +82,10 @@ def method_summary(
     return out
 
 
-def score(accuracy: float, compute_fraction: float, compute_penalty: float) -> float:
-    """``eval/score``, the sweep target: accuracy - lambda x compute fraction (same lambda as the reward)."""
-    return accuracy - compute_penalty * compute_fraction
+def score(accuracy: float, compute_fraction: float, score_penalty: float = 0.1) -> float:
+    """``eval/score``, the sweep target: accuracy - score_penalty x compute fraction.
+
+    One fixed trade-off for every run (default: 10 % of compute is worth 1 accuracy point), not the
+    reward's lambda, so runs with different lambdas compare on one scale.
+    """
+    return accuracy - score_penalty * compute_fraction

@@ -7,7 +7,7 @@ import torch
 
 from polar_rl.models.adapter import LayerModel
 
-TINY_FAMILIES = ("llama", "qwen2", "gpt2", "gpt_neox")
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox")
 
 
 def tiny_hf_model(family: str, num_layers: int = 4, attn: str = "sdpa") -> torch.nn.Module:
@@ -19,8 +19,12 @@ def tiny_hf_model(family: str, num_layers: int = 4, attn: str = "sdpa") -> torch
         GPTNeoXForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     torch.manual_seed(0)
@@ -29,6 +33,14 @@ def tiny_hf_model(family: str, num_layers: int = 4, attn: str = "sdpa") -> torch
         cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                           num_key_value_heads=2, **common)
         model = LlamaForCausalLM(cfg)
+    elif family == "mistral":
+        cfg = MistralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=num_layers,
+                            num_attention_heads=4, num_key_value_heads=2, **common)
+        model = MistralForCausalLM(cfg)
+    elif family == "qwen3":
+        cfg = Qwen3Config(hidden_size=16, intermediate_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=4, **common)
+        model = Qwen3ForCausalLM(cfg)
     elif family == "qwen2":
         cfg = Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                           num_key_value_heads=2, **common)

@@ -178,7 +178,6 @@ def test_rng_state_round_trip() -> None:
     import torch
 
     from polar_rl.agents.callbacks import capture_rng, restore_rng
-
     from polar_rl.envs.engine import LockstepEngine
 
     engine = SimpleNamespace(rng=np.random.default_rng(3), _order=np.array([2, 0, 1]), _cursor=1)

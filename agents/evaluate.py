@@ -75,6 +75,45 @@ def make_engine(lm: LayerModel, task: Task, cfg: Config, **kwargs: Any) -> Locks
 # ---- full vs policy ------------------------------------------------------------------------------
 
 
+def calibrate_skip_threshold(
+    engine: LockstepEngine, model: Any, target: float, iters: int = 8
+) -> tuple[float, float]:
+    """The largest SKIP threshold whose compute fraction on ``engine``'s split is <= ``target``.
+
+    Bisection on log(tau) in [1e-4, 1]; returns (tau, the compute fraction it gave there).
+    """
+    import math
+
+    def compute_at(tau: float) -> float:
+        recs, _ = rollout(engine, sb3_policy(model, skip_threshold=tau))
+        return sum(r["compute_fraction"] for r in recs) / len(recs)
+
+    lo, hi = math.log(1e-4), 0.0  # compute(lo) is smallest (most skips), compute(hi) largest
+    best = (1e-4, compute_at(1e-4))
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        c = compute_at(math.exp(mid))
+        if c <= target:
+            best, lo = (math.exp(mid), c), mid
+        else:
+            hi = mid
+    return best
+
+
+def threshold_for_target(lm: LayerModel, cfg: Config, model: Any, target: float | None) -> float | None:
+    """Calibrate the SKIP threshold on the eval split (never the test split) for ``target`` compute."""
+    if target is None:
+        return None
+    task = load_split(cfg, cfg.task.eval_split, cfg.task.eval_limit)
+    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
+    reference = store.load()
+    engine = make_engine(lm, task, cfg, n_envs=min(cfg.env.n_envs, len(task)), shuffle=False, reference=reference)
+    tau, compute = calibrate_skip_threshold(engine, model, target)
+    store.save(reference)
+    print(f"skip threshold {tau:.4g}: compute fraction {compute:.3f} on {task.split} (target {target})")
+    return tau
+
+
 def evaluate_methods(
     lm: LayerModel,
     cfg: Config,
@@ -82,8 +121,10 @@ def evaluate_methods(
     task: Task,
     reference: dict[str, Reference],
     show_progress: bool = True,
+    skip_threshold: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``full`` (every block once) and ``policy`` (``model``, deterministic) over ``task``.
+    """Run ``full`` (every block once) and ``policy`` (``model``, deterministic) over ``task``;
+    with ``skip_threshold`` also ``policy_at_target`` (SKIP when its probability >= the threshold).
 
     Returns the ``eval.json`` body and per-example records (``method`` + terminal info fields).
     ``reference`` is read and filled by the engines (load it from, and save it to, the disk cache).
@@ -99,6 +140,8 @@ def evaluate_methods(
         "full": (full_engine, constant_policy([1] * engine.num_blocks)),
         "policy": (engine, sb3_policy(model, deterministic=True)),
     }
+    if skip_threshold is not None:
+        methods["policy_at_target"] = (engine, sb3_policy(model, skip_threshold=skip_threshold))
 
     seq_lens, head_positions = [], []
     for ex in task.examples:
@@ -131,6 +174,7 @@ def evaluate_methods(
         "seed": cfg.seed,
         "compute_penalty": cfg.env.compute_penalty,
         "num_timesteps": int(getattr(model, "num_timesteps", 0)),
+        "skip_threshold": skip_threshold,
         "methods": summaries,
     }
     return result, records
@@ -190,7 +234,7 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def main(run_dir: str | Path, split: str = "test", limit: int | None = None, checkpoint: str = "auto",
-         show_progress: bool = True) -> dict[str, Any]:
+         show_progress: bool = True, target_compute: float | None = None) -> dict[str, Any]:
     """Re-evaluate the run in ``run_dir`` on ``split``; writes ``eval_<split>.json``; returns it."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -202,9 +246,10 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     task = load_split(cfg, split, limit)
     lm = load_lm(cfg)
     model = load_algorithm(cfg.agent.algo, path)
+    tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
     store = ReferenceStore(lm.model_hash, task.name, split, cfg.model.dtype)
     reference = store.load()
-    result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress)
+    result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress, skip_threshold=tau)
     store.save(reference)
     result["policy_checkpoint"] = path.name
     write_jsonl_atomic(run_dir / f"eval_{split}_records.jsonl", records)
@@ -222,6 +267,9 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="first N examples (default: the run's task.test_limit / eval_limit for those splits)")
     parser.add_argument("--checkpoint", default="auto",
                         help="best, final, auto (best if present, else final) or a path to a model zip")
+    parser.add_argument("--target-compute", type=float, default=None,
+                        help="also evaluate the policy with a SKIP threshold calibrated on the eval split "
+                             "for this compute fraction (default: the run's training.target_compute)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -230,7 +278,10 @@ def run_cli(argv: list[str], prog: str = "polar-rl evaluate") -> int:
     args = make_parser(prog).parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    main(args.run_dir, args.split, args.limit, args.checkpoint, show_progress=not args.no_progress)
+    if args.target_compute is not None and not 0 < args.target_compute:
+        raise ConfigError(f"--target-compute must be > 0, got {args.target_compute}")
+    main(args.run_dir, args.split, args.limit, args.checkpoint, show_progress=not args.no_progress,
+         target_compute=args.target_compute)
     return 0
 
 

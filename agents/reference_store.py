@@ -1,7 +1,7 @@
 """Disk cache of the full model's result per example, so each split is run in full only once.
 
 ``$POLAR_RL_CACHE/reference/<model_hash>__<task>__<split>.json`` maps example id ->
-``{"correct": bool, "margin": float}``. Load it into the ``reference`` dict an engine is given (the
+``{"correct": bool, "margin": float, "gold_logprob": float}`` (a file missing a field is recomputed). Load it into the ``reference`` dict an engine is given (the
 engine fills in examples it has not seen), and save the dict back after the run. Results depend on
 the weights' dtype, so non-float32 runs get their own file (``<model_hash>-<dtype>__...``).
 """
@@ -30,7 +30,8 @@ class ReferenceStore:
             return {}
         try:
             raw = json.loads(self.path.read_text())
-            return {k: Reference(bool(v["correct"]), float(v["margin"])) for k, v in raw.items()}
+            return {k: Reference(bool(v["correct"]), float(v["margin"]), float(v["gold_logprob"]))
+                    for k, v in raw.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"warning: ignoring unreadable reference cache {self.path}: {e}")
             return {}
@@ -38,5 +39,6 @@ class ReferenceStore:
     def save(self, reference: dict[str, Reference]) -> None:
         """Merge ``reference`` into the file (atomically; entries of other runs are kept)."""
         merged = {**self.load(), **reference}
-        data = {k: {"correct": v.correct, "margin": v.margin} for k, v in sorted(merged.items())}
+        data = {k: {"correct": v.correct, "margin": v.margin, "gold_logprob": v.gold_logprob}
+                for k, v in sorted(merged.items())}
         write_json_atomic(self.path, data)

@@ -37,7 +37,14 @@ from polar_rl.agents.callbacks import (
     restore_rng,
     save_model_atomic,
 )
-from polar_rl.agents.evaluate import evaluate_methods, load_lm, load_split, make_engine, print_summary
+from polar_rl.agents.evaluate import (
+    evaluate_methods,
+    load_lm,
+    load_split,
+    make_engine,
+    print_summary,
+    threshold_for_target,
+)
 from polar_rl.agents.reference_store import ReferenceStore
 from polar_rl.agents.run_dir import (
     EVAL_FILE,
@@ -161,7 +168,8 @@ def final_evaluation(lm: Any, cfg: Config, model: Any, task: Any, run_dir: Path)
     policy = load_algorithm(cfg.agent.algo, best) if best.is_file() else model
     store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
     reference = store.load()
-    result, records = evaluate_methods(lm, cfg, policy, task, reference, cfg.training.progress_bar)
+    tau = threshold_for_target(lm, cfg, policy, cfg.training.target_compute)
+    result, records = evaluate_methods(lm, cfg, policy, task, reference, cfg.training.progress_bar, skip_threshold=tau)
     store.save(reference)
     result["policy_checkpoint"] = best.name if best.is_file() else "model.zip"
     result["num_timesteps"] = int(model.num_timesteps)

@@ -43,6 +43,7 @@ class Reference:
 
     correct: bool
     margin: float
+    gold_logprob: float  # log-prob of gold normalised over the choices
 
 
 @dataclass
@@ -60,31 +61,34 @@ class _Episodes:
     block: int = 0
 
 
-REWARD_MODES = ("margin", "gold_logprob", "correct", "margin_vs_full")
+REWARD_MODES = ("margin", "gold_logprob", "gold_prob", "correct")
 
 
-def terminal_reward(scores: ChoiceScores, mode: str, full_margin: torch.Tensor | None = None) -> torch.Tensor:
+def choice_gold_logprob(scores: ChoiceScores) -> torch.Tensor:
+    """(N,) log-prob of the gold choice normalised over the choices."""
+    return torch.stack([g - torch.logsumexp(lps, 0) for g, lps in zip(scores.gold_logprob, scores.logprobs, strict=True)])
+
+
+def task_term(mode: str, correct: torch.Tensor, margin: torch.Tensor, gold_logprob: torch.Tensor) -> torch.Tensor:
     """(N,) correctness term of the reward.
 
-    margin: gold log-prob minus the best other; gold_logprob: choice-normalised log-prob of gold;
-    correct: 1 / 0; margin_vs_full: margin minus the full model's margin on the same example (same
-    optimum, far less variance: the question's difficulty cancels).
+    margin: gold log-prob minus the best other, clipped to [-10, 10]; gold_logprob: choice-normalised
+    log-prob of gold, clipped to [-10, 0]; gold_prob: its probability (a soft accuracy in [0, 1];
+    a flat, uninformed answer earns 1/k, the chance level); correct: 1 / 0.
     """
     if mode == "margin":
-        return scores.margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
-    if mode == "margin_vs_full":
-        assert full_margin is not None, "margin_vs_full needs the full model's margins"
-        return (scores.margin - full_margin).clamp(-MARGIN_CLIP, MARGIN_CLIP)
+        return margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
     if mode == "gold_logprob":
-        lp = torch.stack([g - torch.logsumexp(lps, 0) for g, lps in zip(scores.gold_logprob, scores.logprobs, strict=True)])
-        return lp.clamp(-MARGIN_CLIP, 0.0)
+        return gold_logprob.clamp(-MARGIN_CLIP, 0.0)
+    if mode == "gold_prob":
+        return gold_logprob.exp()
     if mode == "correct":
-        return scores.correct.float()
+        return correct.float()
     raise ValueError(f"unknown reward mode {mode!r}; expected one of {REWARD_MODES}")
 
 
 def worst_reward(mode: str) -> float:
-    return 0.0 if mode == "correct" else -MARGIN_CLIP
+    return {"correct": 0.0, "gold_prob": 0.0}.get(mode, -MARGIN_CLIP)
 
 
 class LockstepEngine:
@@ -189,8 +193,9 @@ class LockstepEngine:
                 for j, ex in enumerate(todo):
                     self.cache.put((ex.id, (1,) * (b + 1)), hidden[j, : int(batch.lengths[j])].clone())
         scores = choice_scores(self.lm, batch, self.lm.norm(hidden))
+        gold_lp = choice_gold_logprob(scores)
         for j, ex in enumerate(todo):
-            self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]))
+            self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]), float(gold_lp[j]))
 
     def _run_rows(
         self, block: int, hidden: torch.Tensor, inputs: LayerInputs, lengths: torch.Tensor, rows: list[int]
@@ -315,11 +320,17 @@ class LockstepEngine:
         assert ep is not None
         scores = choice_scores(self.lm, ep.batch, self.lm.norm(ep.hidden))
         refs = [self.reference[ex.id] for ex in ep.examples]
-        full_margin = torch.tensor([r.margin for r in refs])
-        term = terminal_reward(scores, self.cfg.reward, full_margin).numpy().astype(np.float64)
+        term = task_term(self.cfg.reward, scores.correct, scores.margin, choice_gold_logprob(scores)).numpy()
+        baseline = np.zeros(self.n)
+        if self.cfg.relative_to_full:  # minus the full model's term: the question's difficulty cancels
+            baseline = task_term(
+                self.cfg.reward, torch.tensor([r.correct for r in refs]), torch.tensor([r.margin for r in refs]),
+                torch.tensor([r.gold_logprob for r in refs]),
+            ).numpy()
+        term = term.astype(np.float64) - baseline
         correct = scores.correct.numpy()
         term = term - self.cfg.wrong_penalty * (~correct)
-        term[ep.failed] = worst_reward(self.cfg.reward) - self.cfg.wrong_penalty
+        term[ep.failed] = worst_reward(self.cfg.reward) - self.cfg.wrong_penalty - baseline[ep.failed]
         correct = correct & ~ep.failed
         for i, info in enumerate(infos):
             ex, ref = ep.examples[i], refs[i]

@@ -57,8 +57,11 @@ class LayerProgramEnv(gym.Env[np.ndarray, np.int64]):
     the calls happen; the sum is lambda x compute fraction). At the last step, plus the task term:
     ``margin`` (default): log-prob of the gold choice minus the best other, clipped to [-10, 10];
     ``gold_logprob``: log-prob of gold normalised over the choices, clipped to [-10, 0];
-    ``correct``: 1 / 0; ``margin_vs_full``: margin minus the full model's margin on the same example,
-    clipped to [-10, 10] (same optimum as ``margin``, but the question's difficulty cancels). Minus ``wrong_penalty`` when wrong. ``info`` at the end carries ``correct``,
+    ``gold_prob``: that probability (a soft accuracy: a flat, uninformed answer earns the chance
+    level 1/k, so it cannot be gamed by flattening the output, which the margin rewards when the full
+    model's average margin is negative); ``correct``: 1 / 0. With ``relative_to_full`` the full
+    model's term on the same example is subtracted (same optimum, the question's difficulty
+    cancels). Minus ``wrong_penalty`` when wrong. ``info`` at the end carries ``correct``,
     ``margin``, ``layer_calls``, ``compute_fraction``, ``runs``, ``program``, ``full_correct`` /
     ``full_margin`` (the full model on the same example), ``nonfinite`` and ``reward_task``.
 

@@ -69,11 +69,39 @@ def random_policy(p: Sequence[float], seed: int = 0) -> PolicyFn:
     return act
 
 
-def sb3_policy(model: Any, deterministic: bool = True) -> PolicyFn:
-    """Wrap an SB3 model (MaskablePPO gets the masks; PPO / A2C, which cannot use them, do not)."""
+def action_probs(model: Any, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N, 3) the policy's action probabilities, with masked actions at 0."""
+    import torch
+
+    with torch.no_grad():
+        dist = model.policy.get_distribution(torch.as_tensor(obs, device=model.device))
+        probs = dist.distribution.probs.cpu().numpy()
+    probs = probs * masks
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def sb3_policy(model: Any, deterministic: bool = True, skip_threshold: float | None = None) -> PolicyFn:
+    """Wrap an SB3 model (MaskablePPO gets the masks; PPO / A2C, which cannot use them, do not).
+
+    ``skip_threshold`` tau: SKIP a block whenever the policy gives SKIP probability >= tau (where
+    allowed), else take the likelier of EXECUTE / LOOP. Greedy (argmax) decoding is tau ~ the
+    largest other probability; a calibrated tau trades accuracy for compute like a router threshold.
+    """
     from sb3_contrib import MaskablePPO
 
     maskable = isinstance(model, MaskablePPO)
+    if skip_threshold is not None:
+
+        def act_threshold(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
+            probs = action_probs(model, obs, masks)
+            rest = probs.copy()
+            rest[:, 0] = -1.0
+            actions = rest.argmax(axis=1)
+            skip = (probs[:, 0] >= skip_threshold) & masks[:, 0]
+            actions[skip | ~masks[np.arange(len(actions)), actions]] = 0
+            return actions
+
+        return act_threshold
 
     def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
         if maskable:

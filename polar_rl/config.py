@@ -61,7 +61,7 @@ ALGORITHMS: dict[str, str] = {
 }
 # Algorithms that split each rollout into minibatches of ``batch_size``.
 MINIBATCH_ALGORITHMS: frozenset[str] = frozenset({"ppo", "maskable_ppo"})
-REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "correct", "margin_vs_full")
+REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "gold_prob", "correct")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 TRACKING_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # spellings wandb itself accepts
@@ -352,7 +352,10 @@ class EnvConfig(_Section):
 
     block_size: int = _opt(1, "consecutive layers per decision (must divide the model's layer count)")
     loop_runs: int = _opt(2, "how many times a LOOP block runs (>= 2)")
-    reward: str = _opt("margin", "task reward: margin, gold_logprob, correct or margin_vs_full")
+    reward: str = _opt("margin", "task reward: margin, gold_logprob, gold_prob or correct")
+    relative_to_full: bool = _opt(
+        False, "subtract the full model's task term on the same example (less variance, same optimum)"
+    )
     compute_penalty: float = _opt(0.1, "lambda: reward minus lambda x compute fraction (>= 0)")
     wrong_penalty: float = _opt(0.0, "extra penalty when the answer is wrong (>= 0)")
     max_compute_fraction: float | None = _opt(
@@ -466,13 +469,18 @@ class TrainingConfig(_Section):
         0.1, "eval/score = accuracy - score_penalty x compute_fraction (one scale for every lambda; 0.1: "
         "10 % of compute is worth 1 accuracy point)"
     )
+    target_compute: float | None = _opt(
+        None, "if set, the final evaluation also reports the policy with a SKIP-probability threshold "
+        "calibrated on the eval split so its compute fraction is <= this (null: greedy only)"
+    )
     best_metric: str = _opt("eval/score", "logged metric (higher is better) that picks the best checkpoint")
     progress_bar: bool = _opt(True, "show a progress bar")
 
     def _check(self) -> None:
         self._positive("total_timesteps", "eval_freq", "checkpoint_freq")
-        self._finite("score_penalty")
+        self._finite("score_penalty", "target_compute")
         self._non_negative("score_penalty")
+        self._positive("target_compute")
         self._non_empty("best_metric")
 
 

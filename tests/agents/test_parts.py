@@ -97,9 +97,9 @@ def test_atomic_json_leaves_no_temp_files(tmp_path: Path) -> None:
 def test_reference_store_round_trip(tmp_path: Path) -> None:
     store = ReferenceStore("abc123", "arc_easy", "test", root=tmp_path)
     assert store.load() == {}
-    store.save({"q1": Reference(True, 1.5)})
-    ReferenceStore("abc123", "arc_easy", "test", root=tmp_path).save({"q2": Reference(False, -0.25)})
-    assert store.load() == {"q1": Reference(True, 1.5), "q2": Reference(False, -0.25)}
+    store.save({"q1": Reference(True, 1.5, -0.2)})
+    ReferenceStore("abc123", "arc_easy", "test", root=tmp_path).save({"q2": Reference(False, -0.25, -1.5)})
+    assert store.load() == {"q1": Reference(True, 1.5, -0.2), "q2": Reference(False, -0.25, -1.5)}
     assert store.path == tmp_path / "reference" / "abc123__arc_easy__test.json"
     assert ReferenceStore("abc123", "arc_easy", "test", "bfloat16", root=tmp_path).load() == {}
     store.path.write_text("not json")

@@ -108,3 +108,13 @@ def test_evaluate_command_re_evaluates_the_run(smoke_run: Path, capsys: pytest.C
     train_records = [json.loads(x) for x in (smoke_run / "eval_records.jsonl").read_text().splitlines()]
     first = [r["correct"] for r in train_records if r["method"] == "full"][:4]
     assert result["methods"]["full"]["accuracy"] == sum(first) / 4
+
+
+def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(smoke_run: Path) -> None:
+    code = cli.main(["evaluate", str(smoke_run), "--split", "test", "--limit", "4", "--no-progress",
+                     "--target-compute", "0.5"])
+    assert code == 0
+    result = json.loads((smoke_run / "eval_test.json").read_text())
+    assert set(result["methods"]) == {"full", "policy", "policy_at_target"}
+    assert 0 < result["skip_threshold"] <= 1
+    assert result["methods"]["policy_at_target"]["compute_fraction"] <= result["methods"]["policy"]["compute_fraction"]

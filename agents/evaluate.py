@@ -123,8 +123,8 @@ def evaluate_methods(
     show_progress: bool = True,
     skip_threshold: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``full`` (every block once) and ``policy`` (``model``, deterministic) over ``task``;
-    with ``skip_threshold`` also ``policy_at_target`` (SKIP when its probability >= the threshold).
+    """Run ``full`` (every block once) and ``policy`` (``model``) over ``task``. The policy decodes
+    greedily (argmax), or with ``skip_threshold`` SKIPs when its SKIP probability >= the threshold.
 
     Returns the ``eval.json`` body and per-example records (``method`` + terminal info fields).
     ``reference`` is read and filled by the engines (load it from, and save it to, the disk cache).
@@ -138,10 +138,8 @@ def evaluate_methods(
         full_engine = make_engine(lm, task, cfg, env=free_env, n_envs=n_envs, shuffle=False, reference=reference)
     methods: dict[str, tuple[LockstepEngine, Callable]] = {
         "full": (full_engine, constant_policy([1] * engine.num_blocks)),
-        "policy": (engine, sb3_policy(model, deterministic=True)),
+        "policy": (engine, sb3_policy(model, deterministic=True, skip_threshold=skip_threshold)),
     }
-    if skip_threshold is not None:
-        methods["policy_at_target"] = (engine, sb3_policy(model, skip_threshold=skip_threshold))
 
     seq_lens, head_positions = [], []
     for ex in task.examples:
@@ -174,6 +172,7 @@ def evaluate_methods(
         "seed": cfg.seed,
         "compute_penalty": cfg.env.compute_penalty,
         "num_timesteps": int(getattr(model, "num_timesteps", 0)),
+        "policy_decoding": "greedy" if skip_threshold is None else f"skip_threshold {skip_threshold:.6g}",
         "skip_threshold": skip_threshold,
         "methods": summaries,
     }

@@ -115,6 +115,6 @@ def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(smoke_run: Pa
                      "--target-compute", "0.5"])
     assert code == 0
     result = json.loads((smoke_run / "eval_test.json").read_text())
-    assert set(result["methods"]) == {"full", "policy", "policy_at_target"}
-    assert 0 < result["skip_threshold"] <= 1
-    assert result["methods"]["policy_at_target"]["compute_fraction"] <= result["methods"]["policy"]["compute_fraction"]
+    assert set(result["methods"]) == {"full", "policy"}
+    assert 0 < result["skip_threshold"] <= 1 and result["policy_decoding"].startswith("skip_threshold")
+    assert result["methods"]["policy"]["compute_fraction"] < 1.0

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shlex
 import subprocess
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.logger import KVWriter
 
 from polar_rl.config import Config, ConfigError
+from polar_rl.fileio import atomic_open
 
 CHECKPOINT_PREFIX = "rl_model"
 _CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)_steps\.zip$")
@@ -101,26 +100,9 @@ def append_command(run_dir: Path, argv: Sequence[str]) -> None:
         f.write(shlex.join(argv) + "\n")
 
 
-# ---- atomic writes ---------------------------------------------------------------------------
+# ---- atomic writes (polar_rl.fileio.atomic_open) --------------------------------------------
 
 
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def to_jsonable(value: Any) -> Any:

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -782,20 +781,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write ``cfg.to_yaml()`` to ``path`` atomically (temp file in the same directory + os.replace)."""
+    from polar_rl.fileio import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(cfg.to_yaml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(cfg.to_yaml())
     return path
 
 

@@ -18,15 +18,14 @@ optionally compressed). Only ``hub`` sources may touch the network.
 
 from __future__ import annotations
 
-import os
 import string
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from polar_rl.models.loading import offline
 from polar_rl.tasks.examples import MCExample, TaskError
 from polar_rl.tasks.splits import DEFAULT_RATIOS, check_ratios
 
@@ -37,7 +36,6 @@ SOURCE_KINDS = ("path", "disk", "hub")
 GOLD_TYPES = ("index", "letter", "text")
 _BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv", "tsv": "csv"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
-_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -55,21 +53,6 @@ class MCSpec:
     id_column: str | None = None
     choice_prefix: str = " "
     ratios: tuple[tuple[str, float], ...] = tuple(DEFAULT_RATIOS.items())
-
-
-@contextmanager
-def offline() -> Iterator[None]:
-    """Set the HF offline switches for the duration (local files never need the network)."""
-    old = {k: os.environ.get(k) for k in _OFFLINE_VARS}
-    os.environ.update({k: "1" for k in _OFFLINE_VARS})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def resolve_path(raw: str | Path, base_dir: Path | None) -> Path:

@@ -292,10 +292,7 @@ class LayerModel:
         step_logits: list[torch.Tensor] = []
         new_ids = ids  # what is fed this step (the whole prompt first, then one token)
         for _ in range(max_new_tokens):
-            if cache is None:
-                last = self._forward_last(ids, mask, calls)
-            else:
-                last = self._forward_cached(new_ids, mask, calls, cache)
+            last = self._forward_step(ids if cache is None else new_ids, mask, calls, cache)
             step_logits.append(last)
             token = last.argmax(-1)  # (B,)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
@@ -311,23 +308,17 @@ class LayerModel:
             return ids, logits
         return ids
 
-    def _forward_last(self, ids: torch.Tensor, mask: torch.Tensor, calls: Sequence[int]) -> torch.Tensor:
-        """No-cache step: recompute everything, return (B, V) logits at the last position."""
-        positions = self.positions_from_mask(mask)
-        hidden = self.embed(ids, positions)
-        allowed = self._allowed(mask, q_len=ids.shape[1])
-        inputs = self.layer_inputs(hidden, positions, self.mask_from_allowed(allowed))
-        return self.head(self.norm(self.run_layers(hidden, calls, inputs)[:, -1]))
-
-    def _forward_cached(
-        self, new_ids: torch.Tensor, mask: torch.Tensor, calls: Sequence[int], cache: ProgramCache
+    def _forward_step(
+        self, new_ids: torch.Tensor, mask: torch.Tensor, calls: Sequence[int], cache: ProgramCache | None
     ) -> torch.Tensor:
-        """Cached step: feed only the new tokens; mask covers all tokens so far."""
+        """Feed ``new_ids`` (the last tokens of the sequence ``mask`` covers); (B, V) logits at the end.
+
+        Without a cache ``new_ids`` is the whole sequence (recomputation); with one, only the new tokens.
+        """
         q_len = new_ids.shape[1]
         positions = self.positions_from_mask(mask)[:, -q_len:]  # from the token count, not a cache length
         hidden = self.embed(new_ids, positions)
-        allowed = self._allowed(mask, q_len=q_len)
-        inputs = self.layer_inputs(hidden, positions, self.mask_from_allowed(allowed))
+        inputs = self.layer_inputs(hidden, positions, self.mask_from_allowed(self._allowed(mask, q_len)))
         return self.head(self.norm(self.run_layers(hidden, calls, inputs, cache)[:, -1]))
 
     @staticmethod

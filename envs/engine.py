@@ -9,6 +9,7 @@ views of this engine (N = 1 and N = n_envs); it is the only place that batches e
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,8 +218,6 @@ class LockstepEngine:
         return hidden
 
     def _run_block(self, block: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
-        import time
-
         t0 = time.perf_counter()
         for layer in range(block * self.cfg.block_size, (block + 1) * self.cfg.block_size):
             hidden = self.lm.run_layer(layer, hidden, inputs)

@@ -19,7 +19,8 @@ from pathlib import Path
 # command -> (module with run_cli(argv, prog, ...), one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("polar_rl.agents.train", "train a policy (and evaluate it on the test split)"),
-    "evaluate": ("polar_rl.agents.evaluate", "re-evaluate a run folder: full model vs policy"),
+    "evaluate": ("polar_rl.agents.evaluate", "re-evaluate a run folder: policy vs full model and static baselines"),
+    "baselines": ("polar_rl.agents.baselines", "search static programs on the train split (cached) and list them"),
 }
 # commands that are planned but not built: command -> what it will do
 PLANNED: dict[str, str] = {

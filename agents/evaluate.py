@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from polar_rl.agents.algorithms import actor_network, load_algorithm
+from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import ReferenceStore
-from polar_rl.agents.run_dir import write_json_atomic, write_jsonl_atomic
+from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
-from polar_rl.envs.rollout import constant_policy, rollout, sb3_policy
-from polar_rl.metrics import method_summary
+from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs, sb3_policy
+from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
 from polar_rl.models.adapter import LayerModel
 from polar_rl.tasks.examples import Task
 from polar_rl.tasks.multiple_choice import pack_questions
@@ -114,6 +117,50 @@ def threshold_for_target(lm: LayerModel, cfg: Config, model: Any, target: float 
     return tau
 
 
+def matched_ks(policy_calls: float, num_layers: int, block_size: int, max_k: int, neighbours: int) -> list[int]:
+    """Skipped-block counts k whose static programs match the policy's mean layer calls: the nearest k
+    (at least 1, at most ``max_k``) and ``neighbours`` on each side."""
+    nearest = round((num_layers - policy_calls) / block_size)
+    nearest = min(max(1, nearest), max_k)
+    return [k for k in range(nearest - neighbours, nearest + neighbours + 1) if 1 <= k <= max_k]
+
+
+def majority_program(runs: list[list[int]]) -> list[int]:
+    """Per block, the run count the policy chose most often (ties: the cheaper one)."""
+    table = np.asarray(runs, dtype=int)  # (n, B)
+    out = []
+    for column in table.T:
+        values, counts = np.unique(column, return_counts=True)
+        out.append(int(values[np.argmax(counts)]))  # np.unique sorts: the first max is the cheapest
+    return out
+
+
+def adaptivity(runs: list[list[int]]) -> dict[str, Any]:
+    """How much the policy's programs differ between examples: distinct programs and the mean Hamming
+    distance between the programs of two different examples (exact, from per-block frequencies)."""
+    table = np.asarray(runs, dtype=int)  # (n, B)
+    n = table.shape[0]
+    hamming = 0.0
+    if n > 1:
+        for column in table.T:
+            _, counts = np.unique(column, return_counts=True)
+            same_pairs = float((counts * (counts - 1)).sum())
+            hamming += 1.0 - same_pairs / (n * (n - 1))
+    programs, counts = np.unique(table, axis=0, return_counts=True)
+    top = [{"program": _program_str(p), "share": float(c / n)} for p, c in
+           sorted(zip(programs.tolist(), counts.tolist(), strict=True), key=lambda pc: -pc[1])[:5]]
+    return {"distinct_programs": int(len(programs)), "mean_hamming": hamming, "most_common": top}
+
+
+def _program_str(runs: Sequence[int]) -> str:
+    return "".join({0: "-", 1: "x"}.get(int(r), str(int(r))) for r in runs)
+
+
+def static_env(cfg: Config) -> Any:
+    """The env settings static programs run under: no masks (they skip any block, as searched)."""
+    return dataclasses.replace(cfg.env, max_compute_fraction=None, always_execute=[], max_loops=None)
+
+
 def evaluate_methods(
     lm: LayerModel,
     cfg: Config,
@@ -122,46 +169,96 @@ def evaluate_methods(
     reference: dict[str, Reference],
     show_progress: bool = True,
     skip_threshold: float | None = None,
+    baselines: StaticBaselines | None = None,
+    full_seconds: float | None = None,
+    curves: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``full`` (every block once) and ``policy`` (``model``) over ``task``. The policy decodes
-    greedily (argmax), or with ``skip_threshold`` SKIPs when its SKIP probability >= the threshold.
+    """Evaluate on ``task``, in one run: ``full`` (from ``reference`` when it covers the split),
+    ``policy`` (``model``; greedy, or SKIP when its SKIP probability >= ``skip_threshold``),
+    ``policy_static`` (the adaptivity ablation: per block the policy's most frequent choice), and each
+    static baseline family of ``baselines`` at the policy's matched compute (``curves``: every k).
 
     Returns the ``eval.json`` body and per-example records (``method`` + terminal info fields).
     ``reference`` is read and filled by the engines (load it from, and save it to, the disk cache).
     """
     n_envs = min(cfg.env.n_envs, len(task))
     engine = make_engine(lm, task, cfg, n_envs=n_envs, shuffle=False, reference=reference)
-    full_engine = engine
-    if cfg.env.max_compute_fraction is not None and cfg.env.max_compute_fraction < 1.0:
-        # the budget would mask EXECUTE; the full model is evaluated without it
-        free_env = dataclasses.replace(cfg.env, max_compute_fraction=None)
-        full_engine = make_engine(lm, task, cfg, env=free_env, n_envs=n_envs, shuffle=False, reference=reference)
-    methods: dict[str, tuple[LockstepEngine, Callable]] = {
-        "full": (full_engine, constant_policy([1] * engine.num_blocks)),
-        "policy": (engine, sb3_policy(model, deterministic=True, skip_threshold=skip_threshold)),
-    }
+    free = make_engine(lm, task, cfg, env=static_env(cfg), n_envs=n_envs, shuffle=False, reference=reference)
+    free.cache = engine.cache  # one prefix cache: keys are (example, run counts), whatever the masks
+    B, L = engine.num_blocks, lm.num_layers
 
     seq_lens, head_positions = [], []
     for ex in task.examples:
         batch = pack_questions(lm.tokenizer, [ex], lm.pad_token_id)  # type: ignore[list-item]
         seq_lens.append(int(batch.lengths[0]))
         head_positions.append(len(batch.target))
+    policy_net = actor_network(model)
 
+    all_records: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float | None] = {}
+    cached_full = all(ex.id in reference for ex in task.examples)
+    if cached_full:  # the full model's results are on disk: never rerun them
+        all_records["full"] = [_reference_record(ex.id, reference[ex.id], L, B) for ex in task.examples]
+        seconds["full"] = full_seconds
+    else:
+        all_records["full"], seconds["full"] = _run(free, constant_policy([1] * B), f"full ({task.split})",
+                                                    len(task), show_progress)
+    policy_fn = sb3_policy(model, deterministic=True, skip_threshold=skip_threshold)
+    all_records["policy"], seconds["policy"] = _run(engine, policy_fn, f"policy ({task.split})", len(task),
+                                                    show_progress)
+
+    policy_runs = [r["runs"] for r in all_records["policy"]]
+    policy_calls = float(np.mean([r["layer_calls"] for r in all_records["policy"]]))
+    programs: dict[str, list[int]] = {"policy_static": majority_program(policy_runs)}
+    ks: list[int] = []
+    if baselines is not None:
+        if curves:
+            ks = list(range(1, baselines.max_k + 1))
+        else:
+            ks = matched_ks(policy_calls, L, cfg.env.block_size, baselines.max_k, cfg.baselines.neighbours)
+        nearest = matched_ks(policy_calls, L, cfg.env.block_size, baselines.max_k, 0)
+        for family in cfg.baselines.families:
+            if family == "random":
+                for seed in range(cfg.baselines.random_seeds):
+                    for k in (ks if curves else nearest):
+                        programs[f"random_{k}_s{seed}"] = baselines.runs("random", k, seed)
+            else:
+                for k in ks:
+                    programs[f"{family}_{k}"] = baselines.runs(family, k)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(task), desc=f"{len(programs)} static programs ({task.split})", unit="ex",
+              disable=not show_progress, leave=False) as bar:
+        static_records, static_seconds = rollout_programs(free, programs, progress=bar.update)
+    all_records.update(static_records)
+    seconds.update(static_seconds)
+
+    full_correct = [r["correct"] for r in all_records["full"]]
+    policy_correct = [r["correct"] for r in all_records["policy"]]
     summaries: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
-    for name, (eng, policy) in methods.items():
-        recs, seconds = _run(eng, policy, f"eval {name} ({task.split})", len(task), show_progress)
+    for name, recs in all_records.items():
         calls = [r["layer_calls"] for r in recs]
-        if name == "full":
-            flops = flops_fraction(lm, seq_lens, calls, head_positions)
+        if name == "policy":
+            flops = flops_fraction(lm, seq_lens, calls, head_positions, decisions=B, policy=policy_net,
+                                   logit_lens=cfg.env.obs_logit_lens)
         else:
-            flops = flops_fraction(lm, seq_lens, calls, head_positions, decisions=engine.num_blocks,
-                                   policy=actor_network(model), logit_lens=cfg.env.obs_logit_lens)
-        summaries[name] = method_summary(
-            [r["correct"] for r in recs], calls, lm.num_layers, [r["full_correct"] for r in recs],
-            flops_fraction=flops, seconds_per_example=seconds,
-        )
+            flops = flops_fraction(lm, seq_lens, calls, head_positions)
+        correct = [r["correct"] for r in recs]
+        summary = method_summary(correct, calls, L, full_correct, flops_fraction=flops,
+                                 seconds_per_example=seconds.get(name))
+        if name != "policy":
+            summary["vs_policy"] = paired_comparison(policy_correct, correct)
+        if name in programs or name == "full":
+            summary["program"] = _program_str(programs.get(name, [1] * B))
+        summaries[name] = summary
         records.extend({"method": name, **{k: r[k] for k in RECORD_KEYS}} for r in recs)
+    if baselines is not None and "random" in cfg.baselines.families and cfg.baselines.random_seeds > 0:
+        for k in sorted({int(n.split("_")[1]) for n in summaries if n.startswith("random_")}):
+            accs = [summaries[n]["accuracy"] for n in summaries if n.startswith(f"random_{k}_s")]
+            summaries[f"random_{k}"] = {"accuracy": float(np.mean(accs)), "accuracy_min": float(np.min(accs)),
+                                        "accuracy_max": float(np.max(accs)), "seeds": len(accs),
+                                        "compute_fraction": 1 - k * cfg.env.block_size / L, "aggregate": True}
 
     result = {
         "task": task.name,
@@ -174,9 +271,29 @@ def evaluate_methods(
         "num_timesteps": int(getattr(model, "num_timesteps", 0)),
         "policy_decoding": "greedy" if skip_threshold is None else f"skip_threshold {skip_threshold:.6g}",
         "skip_threshold": skip_threshold,
+        "matched_k": ks,
+        "adaptivity": adaptivity(policy_runs),
+        "baseline_search": None if baselines is None else {
+            "split": baselines.split, "n": baselines.n_examples, "max_k": baselines.max_k,
+            "greedy_order": baselines.greedy_order, "settings": baselines.settings,
+        },
         "methods": summaries,
     }
     return result, records
+
+
+def paired_comparison(reference_correct: Sequence[bool], method_correct: Sequence[bool]) -> dict[str, Any]:
+    """Accuracy difference (method - reference), its bootstrap CI and the exact McNemar test."""
+    ref = np.asarray(reference_correct, dtype=bool)
+    got = np.asarray(method_correct, dtype=bool)
+    return {"delta": float(got.mean() - ref.mean()) if ref.size else 0.0,
+            "delta_ci": list(paired_bootstrap(ref, got)), "mcnemar": mcnemar_exact(ref, got)}
+
+
+def _reference_record(example_id: str, ref: Reference, num_layers: int, num_blocks: int) -> dict[str, Any]:
+    return {"example_id": example_id, "correct": ref.correct, "margin": ref.margin, "layer_calls": num_layers,
+            "compute_fraction": 1.0, "program": "x" * num_blocks, "runs": [1] * num_blocks,
+            "full_correct": ref.correct, "full_margin": ref.margin, "nonfinite": False}
 
 
 def _run(engine: LockstepEngine, policy: Callable, desc: str, total: int, show: bool) -> tuple[list, float]:
@@ -187,30 +304,44 @@ def _run(engine: LockstepEngine, policy: Callable, desc: str, total: int, show: 
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    """One screen: full vs policy, accuracy with its 95 % CI, compute, FLOPs, McNemar p."""
+    """One screen: every method's accuracy with its 95 % CI, compute, FLOPs, paired tests vs full and policy."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    from polar_rl.agents.report import ordered_methods
+
     table = Table(title=f"{result['task']} / {result['split']} (n={result['n']}), "
                         f"{result['model']}, lambda={result['compute_penalty']:g}",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("method", "accuracy [95% CI]", "Δ full", "calls", "compute", "FLOPs", "McNemar p"):
+    for col in ("method", "accuracy [95% CI]", "Δ full", "p full", "Δ policy", "p policy", "calls", "compute", "FLOPs"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
-    for name, m in result["methods"].items():
+    for name, m in ordered_methods(result["methods"]):
+        if m.get("aggregate"):
+            table.add_row(f"{name} (mean of {m['seeds']})", f"{m['accuracy']:.3f} [{m['accuracy_min']:.3f}, "
+                          f"{m['accuracy_max']:.3f}] range", "", "", "", "", "", f"{m['compute_fraction']:.3f}", "")
+            continue
         lo, hi = m["accuracy_ci"]
         flops = m.get("flops_fraction")
-        p = m["mcnemar"]["p_value"] if name != "full" else None
+        vs = m.get("vs_policy")
         table.add_row(
             name,
             f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
             f"{m['delta_vs_full']:+.3f}",
+            "-" if name == "full" else f"{m['mcnemar']['p_value']:.3g}",
+            "-" if vs is None else f"{vs['delta']:+.3f}",
+            "-" if vs is None else f"{vs['mcnemar']['p_value']:.3g}",
             f"{m['layer_calls']:.1f}",
             f"{m['compute_fraction']:.3f}",
             "-" if flops is None else f"{flops:.3f}",
-            "-" if p is None else f"{p:.3g}",
         )
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    ad = result.get("adaptivity")
+    if ad:
+        print(f"policy adaptivity: {ad['distinct_programs']} distinct programs, mean Hamming distance "
+              f"{ad['mean_hamming']:.2f} blocks between two questions' programs")
 
 
 # ---- entry point -------------------------------------------------------------------------------
@@ -232,9 +363,43 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
+def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run_dir: Path, *,
+                        show_progress: bool = True, skip_threshold: float | None = None, curves: bool = False,
+                        records_file: str, result_file: str, command: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Baselines (cached search), every method on ``task``, then records, report.md, plots and the result
+    file (written last, atomically)."""
+    from polar_rl.agents.report import write_report
+
+    baselines = None
+    if cfg.baselines.families:
+        try:
+            baselines = load_or_search(lm, cfg, show_progress=show_progress)
+        except ValueError as e:
+            raise ConfigError(f"baselines: {e}") from None
+    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
+    reference = store.load()
+    result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress, skip_threshold=skip_threshold,
+                                       baselines=baselines, full_seconds=store.load_seconds(), curves=curves)
+    try:
+        store.save(reference)
+        if result["methods"]["full"].get("seconds_per_example") is not None:
+            store.save_seconds(result["methods"]["full"]["seconds_per_example"])
+    except OSError as e:  # an optional cache never costs a run
+        print(f"warning: could not write the reference cache {store.path}: {e}")
+    result.update(extra)
+    result["command"] = command
+    write_jsonl_atomic(run_dir / records_file, records)
+    write_report(run_dir, result, records, suffix="" if result_file == EVAL_FILE else f"_{task.split}")
+    write_json_atomic(run_dir / result_file, result)
+    return result
+
+
 def main(run_dir: str | Path, split: str = "test", limit: int | None = None, checkpoint: str = "auto",
-         show_progress: bool = True, target_compute: float | None = None) -> dict[str, Any]:
+         show_progress: bool = True, target_compute: float | None = None, curves: bool = False) -> dict[str, Any]:
     """Re-evaluate the run in ``run_dir`` on ``split``; writes ``eval_<split>.json``; returns it."""
+    import shlex
+    import sys
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
@@ -246,13 +411,13 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     lm = load_lm(cfg)
     model = load_algorithm(cfg.agent.algo, path)
     tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
-    store = ReferenceStore(lm.model_hash, task.name, split, cfg.model.dtype)
-    reference = store.load()
-    result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress, skip_threshold=tau)
-    store.save(reference)
-    result["policy_checkpoint"] = path.name
-    write_jsonl_atomic(run_dir / f"eval_{split}_records.jsonl", records)
-    write_json_atomic(run_dir / f"eval_{split}.json", result)
+    result = evaluate_and_report(
+        lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,
+        records_file=f"eval_{split}_records.jsonl", result_file=f"eval_{split}.json",
+        command=shlex.join(["polar-rl", "evaluate", *sys.argv[2:]]) if sys.argv[1:2] == ["evaluate"]
+        else f"polar-rl evaluate {run_dir} --split {split}",
+        extra={"policy_checkpoint": path.name},
+    )
     print_summary(result)
     return result
 
@@ -269,6 +434,9 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--target-compute", type=float, default=None,
                         help="also evaluate the policy with a SKIP threshold calibrated on the eval split "
                              "for this compute fraction (default: the run's training.target_compute)")
+    parser.add_argument("--curves", action="store_true",
+                        help="evaluate every static baseline at every k (the full curves; slow), not only at "
+                             "the policy's matched compute")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -280,7 +448,7 @@ def run_cli(argv: list[str], prog: str = "polar-rl evaluate") -> int:
     if args.target_compute is not None and not 0 < args.target_compute:
         raise ConfigError(f"--target-compute must be > 0, got {args.target_compute}")
     main(args.run_dir, args.split, args.limit, args.checkpoint, show_progress=not args.no_progress,
-         target_compute=args.target_compute)
+         target_compute=args.target_compute, curves=args.curves)
     return 0
 
 

@@ -23,6 +23,7 @@ class ReferenceStore:
         model_key = model_hash if dtype == "float32" else f"{model_hash}-{dtype}"
         folder = (root if root is not None else cache_root()) / "reference"
         self.path = folder / f"{model_key}__{slug(task)}__{slug(split)}.json"
+        self.meta_path = folder / f"{model_key}__{slug(task)}__{slug(split)}.meta.json"
 
     def load(self) -> dict[str, Reference]:
         """The cached results (empty when there is no file or it cannot be read)."""
@@ -42,3 +43,14 @@ class ReferenceStore:
         data = {k: {"correct": v.correct, "margin": v.margin, "gold_logprob": v.gold_logprob}
                 for k, v in sorted(merged.items())}
         write_json_atomic(self.path, data)
+
+    def load_seconds(self) -> float | None:
+        """Wall seconds per example of the full model's last measured pass on this split, if cached."""
+        try:
+            value = json.loads(self.meta_path.read_text())["seconds_per_example"]
+            return float(value) if value is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_seconds(self, seconds: float) -> None:
+        write_json_atomic(self.meta_path, {"seconds_per_example": seconds})

@@ -38,7 +38,7 @@ from polar_rl.agents.callbacks import (
     save_model_atomic,
 )
 from polar_rl.agents.evaluate import (
-    evaluate_methods,
+    evaluate_and_report,
     load_lm,
     load_split,
     make_engine,
@@ -55,8 +55,6 @@ from polar_rl.agents.run_dir import (
     latest_checkpoint,
     read_metrics,
     run_name,
-    write_json_atomic,
-    write_jsonl_atomic,
     write_provenance,
 )
 from polar_rl.agents.wandb_output import WandbWriter, finish_run, log_summary, start_run
@@ -162,26 +160,28 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
 
 
 def final_evaluation(lm: Any, cfg: Config, model: Any, task: Any, run_dir: Path) -> dict[str, Any]:
-    """Full vs policy (the best model if evaluation saved one, else the final) on the test split;
-    writes ``eval_records.jsonl``, then ``eval.json`` last."""
+    """Every method (the best model if evaluation saved one, else the final; the full model; the static
+    baselines at matched compute) on the test split; writes records, report.md and plots, ``eval.json`` last."""
+    import shlex
+
     best = run_dir / "best_model.zip"
     policy = load_algorithm(cfg.agent.algo, best) if best.is_file() else model
-    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
-    reference = store.load()
     tau = threshold_for_target(lm, cfg, policy, cfg.training.target_compute)
-    result, records = evaluate_methods(lm, cfg, policy, task, reference, cfg.training.progress_bar, skip_threshold=tau)
-    store.save(reference)
-    result["policy_checkpoint"] = best.name if best.is_file() else "model.zip"
-    result["num_timesteps"] = int(model.num_timesteps)
-    write_jsonl_atomic(run_dir / "eval_records.jsonl", records)
-    write_json_atomic(run_dir / EVAL_FILE, result)
-    return result
+    return evaluate_and_report(
+        lm, cfg, policy, task, run_dir, show_progress=cfg.training.progress_bar, skip_threshold=tau,
+        records_file="eval_records.jsonl", result_file=EVAL_FILE,
+        command=shlex.join(["polar-rl", "evaluate", str(run_dir), "--split", task.split]),
+        extra={"policy_checkpoint": best.name if best.is_file() else "model.zip",
+               "num_timesteps": int(model.num_timesteps)},
+    )
 
 
 def tracking_summary(result: dict[str, Any]) -> dict[str, float]:
     """Flat ``test/<method>/<metric>`` numbers for the W&B summary."""
     out = {}
     for name, m in result["methods"].items():
+        if m.get("aggregate"):
+            continue
         for key in ("accuracy", "layer_calls", "compute_fraction", "flops_fraction", "delta_vs_full"):
             if m.get(key) is not None:
                 out[f"test/{name}/{key}"] = m[key]

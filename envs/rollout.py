@@ -46,6 +46,40 @@ def rollout(
     return records, seconds
 
 
+def rollout_programs(
+    engine: LockstepEngine,
+    programs: dict[str, Sequence[int]],
+    examples: Sequence[MCExample] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Evaluate several static programs (run counts per block) over the same examples.
+
+    Chunk by chunk, every program runs on the same N examples back to back, so the engine's prefix
+    cache serves the blocks they share (a prefix computed for one program is a hit for the next).
+    Programs with equal run counts are evaluated once. Returns records and seconds per example, per name.
+    """
+    examples = list(engine.task.examples if examples is None else examples)  # type: ignore[arg-type]
+    distinct: dict[tuple[int, ...], list[str]] = {}
+    for name, runs in programs.items():
+        distinct.setdefault(tuple(int(r) for r in runs), []).append(name)
+    order = sorted(distinct, reverse=True)  # neighbours in this order share the longest prefixes
+    records: dict[tuple[int, ...], list[dict[str, Any]]] = {r: [] for r in order}
+    seconds: dict[tuple[int, ...], float] = dict.fromkeys(order, 0.0)
+    n = engine.n
+    for lo in range(0, len(examples), n):
+        chunk = examples[lo : lo + n]
+        for runs in order:
+            t0 = time.perf_counter()
+            recs, _ = rollout(engine, constant_policy(runs), chunk)
+            seconds[runs] += time.perf_counter() - t0
+            records[runs].extend(recs)
+        if progress is not None:
+            progress(len(chunk))
+    out_records = {name: records[r] for r, names in distinct.items() for name in names}
+    out_seconds = {name: seconds[r] / max(1, len(examples)) for r, names in distinct.items() for name in names}
+    return out_records, out_seconds
+
+
 def constant_policy(runs: Sequence[int]) -> PolicyFn:
     """A fixed program as a policy: block b takes action ``runs[b]`` (0 skip, 1 execute, 2 loop)."""
     table = np.asarray(runs, dtype=int)

@@ -63,6 +63,7 @@ MINIBATCH_ALGORITHMS: frozenset[str] = frozenset({"ppo", "maskable_ppo"})
 REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "gold_prob", "correct")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 TRACKING_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+BASELINE_FAMILIES: tuple[str, ...] = ("bi", "skip_rank", "greedy", "random")
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # spellings wandb itself accepts
 _DEVICE_RE = re.compile(r"^(?:cpu|mps|cuda(?::\d+)?)$")
 
@@ -484,6 +485,32 @@ class TrainingConfig(_Section):
 
 
 @dataclass(kw_only=True)
+class BaselinesConfig(_Section):
+    """Static programs (one for every input) searched on the train split, compared at matched compute."""
+
+    _name = "baselines"
+
+    families: list[str] = _opt(
+        ["bi", "skip_rank", "greedy", "random"], "static baseline families evaluated beside the policy"
+    )
+    search_limit: int | None = _opt(96, "train questions the search uses (null: all)")
+    min_compute: float = _opt(0.6, "static programs skip blocks down to this compute fraction (k = 1..K)")
+    greedy_candidates: int = _opt(4, "greedy re-scores the m cheapest candidates of its previous step (0: all)")
+    neighbours: int = _opt(1, "also evaluate k +- this many around the policy's matched k")
+    random_seeds: int = _opt(2, "random programs (one per seed) at the matched k")
+
+    def _check(self) -> None:
+        for i, family in enumerate(self.families):
+            if family not in BASELINE_FAMILIES:
+                raise ConfigError(f"baselines.families[{i}]: unknown family {family!r}; choose from "
+                                  f"{', '.join(BASELINE_FAMILIES)}")
+        self._positive("search_limit")
+        self._non_negative("greedy_candidates", "neighbours", "random_seeds")
+        if not 0 < self.min_compute < 1:
+            raise self._fail("min_compute", "in (0, 1)", self.min_compute)
+
+
+@dataclass(kw_only=True)
 class TrackingConfig(_Section):
     """Experiment tracking with Weights & Biases."""
 
@@ -521,6 +548,7 @@ class Config(_Section):
     env: EnvConfig = _section(EnvConfig, "the program-building environment")
     agent: AgentConfig = _section(AgentConfig, "the RL algorithm")
     training: TrainingConfig = _section(TrainingConfig, "training length and cadence")
+    baselines: BaselinesConfig = _section(BaselinesConfig, "static baselines beside the policy")
     tracking: TrackingConfig = _section(TrackingConfig, "experiment tracking")
     seed: int | None = _opt(None, "random seed (null: drawn at run time and recorded)")
     output_dir: str = _opt("runs", "directory under which each run gets its own directory")

@@ -27,3 +27,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_open(path) as f:
+        f.write(text)
+    return Path(path)

@@ -34,7 +34,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_folder_says_how_it_was_made(smoke_run: Path) -> None:
     names = {p.name for p in smoke_run.iterdir()}
     assert {"config.yaml", "command.txt", "git.txt", "seed.txt", "checkpoints", "metrics.jsonl",
-            "best_model.zip", "model.zip", "eval_records.jsonl", "eval.json"} <= names
+            "best_model.zip", "model.zip", "eval_records.jsonl", "eval.json", "report.md", "pareto.png",
+            "layers.png"} <= names
     assert smoke_run.name.startswith("arc_easy__smollm2-135m__lam0.1__s0__")
     cfg = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert cfg["seed"] == 0 and cfg["training"]["total_timesteps"] == 128
@@ -52,9 +53,20 @@ def test_eval_json_schema_and_numbers(smoke_run: Path) -> None:
     assert result["task"] == "arc_easy" and result["split"] == "test" and result["n"] == 16
     assert result["model"] == "smollm2-135m" and result["seed"] == 0
     assert result["compute_penalty"] == 0.1 and result["num_timesteps"] == 128
-    assert set(result["methods"]) == {"full", "policy"}
-    for name, m in result["methods"].items():
+    methods = result["methods"]
+    assert {"full", "policy", "policy_static"} <= set(methods)
+    k = result["matched_k"]
+    assert k and all(1 <= x <= 2 for x in k)  # smoke: 6 blocks, min_compute 0.6 -> K = 2
+    for family in ("bi", "skip_rank", "greedy"):
+        assert {f"{family}_{x}" for x in k} <= set(methods), family
+    assert any(n.startswith("random_") for n in methods)
+    assert result["adaptivity"]["distinct_programs"] >= 1
+    for name, m in methods.items():
+        if m.get("aggregate"):
+            continue
         assert METHOD_KEYS <= set(m), name
+        if name != "policy":  # paired test against the policy, the same questions
+            assert m["vs_policy"]["delta"] == pytest.approx(m["accuracy"] - methods["policy"]["accuracy"])
         assert m["n"] == 16
         assert 0.0 <= m["accuracy"] <= 1.0
         lo, hi = m["accuracy_ci"]
@@ -66,7 +78,14 @@ def test_eval_json_schema_and_numbers(smoke_run: Path) -> None:
     assert full["compute_fraction"] == 1.0 and full["flops_fraction"] == pytest.approx(1.0)
     assert full["layer_calls"] == 30 and full["delta_vs_full"] == 0.0
     records = [json.loads(line) for line in (smoke_run / "eval_records.jsonl").read_text().splitlines()]
-    assert len(records) == 32 and {r["method"] for r in records} == {"full", "policy"}
+    assert {r["method"] for r in records} == {n for n, m in methods.items() if not m.get("aggregate")}
+    for name in ("bi_1", "greedy_1", "skip_rank_1"):  # a static program: one program for every question
+        if name in methods:
+            assert len({r["program"] for r in records if r["method"] == name}) == 1
+            assert methods[name]["compute_fraction"] == pytest.approx(5 / 6)
+    report = (smoke_run / "report.md").read_text()
+    assert "| policy_static |" in report and "Reproduce: `polar-rl evaluate" in report
+    assert (smoke_run / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     policy = [r for r in records if r["method"] == "policy"]
     assert sum(r["correct"] for r in policy) / 16 == result["methods"]["policy"]["accuracy"]
 
@@ -101,9 +120,10 @@ def test_evaluate_command_re_evaluates_the_run(smoke_run: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert code == 0
     result = json.loads((smoke_run / "eval_test.json").read_text())
-    assert result["n"] == 4 and set(result["methods"]) == {"full", "policy"}
+    assert result["n"] == 4 and {"full", "policy", "policy_static"} <= set(result["methods"])
+    assert (smoke_run / "report_test.md").is_file() and (smoke_run / "pareto_test.png").is_file()
     assert result["policy_checkpoint"] == "best_model.zip"
-    assert "McNemar" in out and "policy" in out
+    assert "p full" in out and "policy_static" in out
     # the first 4 test examples are the first 4 of the training run's 16: same full-model results
     train_records = [json.loads(x) for x in (smoke_run / "eval_records.jsonl").read_text().splitlines()]
     first = [r["correct"] for r in train_records if r["method"] == "full"][:4]
@@ -115,6 +135,6 @@ def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(smoke_run: Pa
                      "--target-compute", "0.5"])
     assert code == 0
     result = json.loads((smoke_run / "eval_test.json").read_text())
-    assert set(result["methods"]) == {"full", "policy"}
+    assert {"full", "policy"} <= set(result["methods"])
     assert 0 < result["skip_threshold"] <= 1 and result["policy_decoding"].startswith("skip_threshold")
     assert result["methods"]["policy"]["compute_fraction"] < 1.0

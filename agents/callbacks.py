@@ -72,8 +72,10 @@ class ProgramEvalCallback(BaseCallback):
         run_dir: Path,
         best: float = -np.inf,
         verbose: int = 0,
+        eval_at_start: bool = False,
     ) -> None:
         super().__init__(verbose)
+        self.eval_at_start = eval_at_start  # a warm-started policy is a candidate for best_model.zip too
         if best_metric not in EVAL_KEYS:
             raise ValueError(f"best_metric {best_metric!r} is not logged by evaluation; use one of {EVAL_KEYS}")
         self.eval_engine, self.eval_freq = eval_engine, eval_freq
@@ -84,6 +86,8 @@ class ProgramEvalCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._last = self.num_timesteps
+        if self.eval_at_start and self.num_timesteps == 0:
+            self.evaluate()
 
     def _on_step(self) -> bool:
         if _crossed(self.num_timesteps, self._last, self.eval_freq):

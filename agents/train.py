@@ -55,6 +55,7 @@ from polar_rl.agents.run_dir import (
     latest_checkpoint,
     read_metrics,
     run_name,
+    write_json_atomic,
     write_provenance,
 )
 from polar_rl.agents.wandb_output import WandbWriter, finish_run, log_summary, start_run
@@ -110,6 +111,14 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
         write_provenance(run_dir, argv, seed)
         set_random_seed(seed)
         model = make_algorithm(cfg, env, seed)
+        if cfg.agent.warm_start is not None:
+            from polar_rl.agents.baselines import load_or_search
+            from polar_rl.agents.warm_start import warm_start
+
+            clone_engine = make_engine(lm, train_task, cfg, shuffle=True, seed=seed, reference=refs[train_task.split])
+            info = warm_start(model, cfg, load_or_search(lm, cfg, show_progress=cfg.training.progress_bar),
+                              clone_engine, eval_engine)
+            write_json_atomic(run_dir / "warm_start.json", info)
         best = float("-inf")
     else:
         run_dir = Path(resume)
@@ -136,7 +145,8 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
     callbacks = CallbackList([
         EpisodeMetricsCallback(venv.engine),
         ProgramEvalCallback(eval_engine, cfg.training.eval_freq, cfg.training.score_penalty,
-                            cfg.training.best_metric, run_dir, best=best),
+                            cfg.training.best_metric, run_dir, best=best,
+                            eval_at_start=cfg.agent.warm_start is not None),
         CheckpointWithRngCallback(run_dir, cfg.training.checkpoint_freq, venv.engine),
     ])
     exit_code = 1

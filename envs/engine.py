@@ -59,6 +59,7 @@ class _Episodes:
     loops: np.ndarray = field(default_factory=lambda: np.zeros(0))
     prev_action: np.ndarray = field(default_factory=lambda: np.zeros(0))
     failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    phi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shaping potential per episode
     block: int = 0
 
 
@@ -177,7 +178,38 @@ class LockstepEngine:
             prev_action=np.full(self.n, -1), failed=np.zeros(self.n, dtype=bool),
         )
         self._ensure_reference()
+        if self.cfg.reward_shaping:  # potential before any decision: the full model's term
+            self.ep.phi = self._reference_phi(examples)
         return self.observe()
+
+    def _reference_phi(self, examples: list[MCExample]) -> np.ndarray:
+        refs = [self.reference[ex.id] for ex in examples]
+        term = task_term(self.cfg.reward, torch.tensor([r.correct for r in refs]), torch.tensor([r.margin for r in refs]),
+                         torch.tensor([r.gold_logprob for r in refs])).numpy().astype(np.float64)
+        return term - self.cfg.wrong_penalty * ~np.array([r.correct for r in refs])
+
+    def _completion_phi(self, rows: list[int]) -> np.ndarray:
+        """Potential of ``rows`` after the current block: the task term of the decisions so far, then
+        every later block executed once. Completion states go into the prefix cache, so an episode
+        that goes on executing finds its next blocks there."""
+        ep = self.ep
+        assert ep is not None
+        idx = torch.tensor(rows, device=ep.hidden.device)
+        hidden = ep.hidden.clone()
+        sub, lengths = hidden.index_select(0, idx), ep.lengths[rows]
+        inputs = ep.inputs.select(idx)
+        local = list(range(len(rows)))
+        for later in range(ep.block + 1, self.num_blocks):
+            sub = self._run_rows(later, sub, inputs, lengths, local)
+            if self.cache is not None:
+                for j, i in enumerate(rows):
+                    key = (ep.examples[i].id, tuple(ep.runs[i]) + (1,) * (later - ep.block))
+                    self.cache.put(key, sub[j, : int(lengths[j])].clone())
+        hidden[idx] = sub
+        scores = choice_scores(self.lm, ep.batch, self.lm.norm(hidden))
+        term = task_term(self.cfg.reward, scores.correct, scores.margin, choice_gold_logprob(scores)).numpy()
+        term = term.astype(np.float64) - self.cfg.wrong_penalty * ~scores.correct.numpy()
+        return term[rows]
 
     def _ensure_reference(self) -> None:
         """Run the full program on examples not seen before; fills the prefix cache on the way."""
@@ -276,11 +308,20 @@ class LockstepEngine:
         ep.calls += runs * bs
         ep.loops += (acts == Action.LOOP)
         ep.prev_action = acts.astype(int)
+        done = ep.block + 1 == self.num_blocks
+        if self.cfg.reward_shaping and not done:  # EXECUTE leaves the potential as it is
+            changed = [i for i in range(self.n) if runs[i] != 1 and not ep.failed[i]]
+            if changed:
+                new_phi = self._completion_phi(changed)
+                rewards[changed] += new_phi - ep.phi[changed]
+                ep.phi[changed] = new_phi
         ep.block += 1
-        done = ep.block == self.num_blocks
         infos: list[dict[str, Any]] = [{} for _ in range(self.n)]
         if done:
-            rewards = rewards + self._finish(infos)
+            term = self._finish(infos)
+            if self.cfg.reward_shaping:  # the last potential difference: final term - potential so far
+                term = term + self._reference_phi(ep.examples) - ep.phi
+            rewards = rewards + term
         return self.observe(), rewards.astype(np.float32), done, infos
 
     def _advance(self, b: int, runs: np.ndarray) -> None:

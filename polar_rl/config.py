@@ -358,6 +358,11 @@ class EnvConfig(_Section):
     )
     compute_penalty: float = _opt(0.1, "lambda: reward minus lambda x compute fraction (>= 0)")
     wrong_penalty: float = _opt(0.0, "extra penalty when the answer is wrong (>= 0)")
+    reward_shaping: bool = _opt(
+        False, "potential-based shaping: charge each SKIP / LOOP its marginal effect on the task term at once "
+        "(the potential is 'decisions so far, then every later block once'); the rewards sum to the "
+        "relative_to_full reward, which it requires"
+    )
     max_compute_fraction: float | None = _opt(
         None, "compute budget as a fraction of one full pass (null: none; > 0 and <= loop_runs)"
     )
@@ -373,6 +378,8 @@ class EnvConfig(_Section):
         if self.loop_runs < 2:
             raise self._fail("loop_runs", ">= 2 (a loop runs its block at least twice)", self.loop_runs)
         self._one_of("reward", REWARD_MODES)
+        if self.reward_shaping and not self.relative_to_full:
+            raise ConfigError("env.reward_shaping telescopes to the relative_to_full reward; set env.relative_to_full: true")
         self._finite("compute_penalty", "wrong_penalty", "max_compute_fraction", "prefix_cache_gb")
         self._non_negative("compute_penalty", "wrong_penalty", "max_loops", "prefix_cache_gb")
         self._positive("max_compute_fraction", "n_envs")
@@ -408,6 +415,12 @@ class AgentConfig(_Section):
     init_action_probs: list[float] | None = _opt(
         None, "initial policy probabilities of [SKIP, EXECUTE, LOOP] (null: uniform); start near the full model"
     )
+    warm_start: str | None = _opt(
+        None, "behaviour-clone a static program before RL: 'best' (the most accurate on the eval split at "
+        "env.max_compute_fraction) or a baseline name such as greedy_3 (null: none)"
+    )
+    warm_start_epochs: int = _opt(20, "passes over the cloned decisions")
+    warm_start_episodes: int | None = _opt(None, "train questions the cloned program is rolled over (null: all)")
     kwargs: dict[str, Any] = _opt({}, "extra keyword arguments passed through to the SB3 algorithm")
 
     # kwargs keys that other settings own: key -> where to set it instead
@@ -436,6 +449,7 @@ class AgentConfig(_Section):
             p = self.init_action_probs
             if len(p) != 3 or any(not (0 < x < 1) for x in p) or abs(sum(p) - 1) > 1e-6:
                 raise self._fail("init_action_probs", "3 probabilities in (0, 1) summing to 1", p)
+        self._positive("warm_start_epochs", "warm_start_episodes")
         own = {f.name for f in fields(self)} - {"algo", "kwargs"}
         for key in self.kwargs:
             if key in own:

@@ -236,3 +236,38 @@ def test_gold_prob_reward_is_the_choice_probability(real_model, train_task):
         _, rewards, done, infos = engine.step([1])
     lps = score_packed(real_model, [ex]).logprobs[0]
     assert rewards[0] == pytest.approx(float(torch.softmax(lps, 0)[ex.gold]), abs=1e-5)
+
+
+@pytest.mark.parametrize("reward", ["gold_prob", "margin"])
+def test_shaped_rewards_telescope_to_the_relative_reward(real_model, train_task, reward):
+    """Potential-based shaping: per-step rewards differ, their sum equals the terminal relative reward."""
+    lam = 0.2
+    plain = LockstepEngine(real_model, train_task, cfg(reward=reward, relative_to_full=True, compute_penalty=lam),
+                           n_envs=3)
+    shaped = LockstepEngine(real_model, train_task, cfg(reward=reward, relative_to_full=True, compute_penalty=lam,
+                                                        reward_shaping=True), n_envs=3)
+    examples = list(train_task.examples[:3])
+    actions = [[1, 1, 1], [0, 1, 2], [1, 0, 1], [1, 1, 0], [2, 1, 1], [1, 1, 1]]
+    totals = {}
+    for name, engine in (("plain", plain), ("shaped", shaped)):
+        engine.reset(examples)
+        steps = []
+        for a in actions:
+            _, rewards, done, infos = engine.step(a)
+            steps.append(rewards)
+        assert done
+        totals[name] = (np.asarray(steps), infos)
+    plain_steps, plain_infos = totals["plain"]
+    shaped_steps, shaped_infos = totals["shaped"]
+    np.testing.assert_allclose(shaped_steps.sum(0), plain_steps.sum(0), atol=1e-4)
+    assert [i["program"] for i in shaped_infos] == [i["program"] for i in plain_infos]
+    # the first decision already pays for itself: env 1 skipped block 0, env 0 executed it
+    assert shaped_steps[0, 0] == pytest.approx(-lam * 5 / 30)
+    assert shaped_steps[0, 1] != pytest.approx(plain_steps[0, 1], abs=1e-4)
+    # an all-EXECUTE episode gets only the compute charge until the end, and 0 task reward in total
+    np.testing.assert_allclose(shaped_steps[:-1, 0], -lam * 5 / 30, atol=1e-6)
+
+
+def test_reward_shaping_needs_relative_to_full():
+    with pytest.raises(ConfigError, match="reward_shaping telescopes"):
+        cfg(reward_shaping=True, relative_to_full=False)

@@ -96,9 +96,12 @@ def collect(engine: LockstepEngine, runs: list[int], episodes: int) -> tuple[np.
 
 
 def behaviour_clone(model: Any, obs: np.ndarray, masks: np.ndarray, actions: np.ndarray, returns: np.ndarray,
-                    epochs: int, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
-    """Fit the actor to ``actions`` (cross-entropy) and the critic to ``returns`` (MSE)."""
+                    epochs: int, batch_size: int = 256, seed: int = 0, min_updates: int = 300,
+                    lr: float = 1e-3) -> dict[str, float]:
+    """Fit the actor to ``actions`` (cross-entropy) and the critic to ``returns`` (MSE), with its own Adam
+    (``lr``) for ``epochs`` passes and at least ``min_updates`` minibatch updates (small data sets)."""
     policy = model.policy
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     policy.set_training_mode(True)
     rng = np.random.default_rng(seed)
     o = torch.as_tensor(obs, dtype=torch.float32)
@@ -106,15 +109,16 @@ def behaviour_clone(model: Any, obs: np.ndarray, masks: np.ndarray, actions: np.
     a = torch.as_tensor(actions, dtype=torch.long)
     r = torch.as_tensor(returns, dtype=torch.float32)
     maskable = "action_masks" in policy.evaluate_actions.__code__.co_varnames
-    for _ in range(epochs):
-        for idx in np.array_split(rng.permutation(len(o)), max(1, len(o) // batch_size)):
+    per_epoch = max(1, len(o) // batch_size)
+    for _ in range(max(epochs, -(-min_updates // per_epoch))):
+        for idx in np.array_split(rng.permutation(len(o)), per_epoch):
             i = torch.as_tensor(idx)
             kwargs = {"action_masks": m[i].numpy()} if maskable else {}
             values, log_prob, _ = policy.evaluate_actions(o[i], a[i], **kwargs)
             loss = -log_prob.mean() + 0.5 * torch.nn.functional.mse_loss(values.flatten(), r[i])
-            policy.optimizer.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            policy.optimizer.step()
+            optimizer.step()
     policy.set_training_mode(False)
     with torch.no_grad():
         kwargs = {"action_masks": m.numpy()} if maskable else {}

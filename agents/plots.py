@@ -93,7 +93,7 @@ def plot_layers(result: dict[str, Any], records: list[dict[str, Any]], path: Pat
         ax.bar(blocks, loop, bottom=skip + execute, color="tab:blue", label="LOOP")
         ax.set_xticks(blocks[:: max(1, len(blocks) // 15)])
     axes[0].set_ylabel("share of questions")
-    axes[0].legend(loc="lower left", fontsize=8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle(f"policy actions per block on {result['task']} / {result['split']}")
     _save(fig, path)
     plt.close(fig)

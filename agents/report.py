@@ -65,15 +65,16 @@ def report_markdown(result: dict[str, Any]) -> str:
     policy = methods.get("policy")
     lines += ["", "## Verdict", ""]
     if policy is not None:
-        best = best_static(methods, policy["compute_fraction"])
+        blocks = len(methods.get("full", {}).get("program") or "x")
+        best = best_static(methods, policy["compute_fraction"], tol=0.5 / blocks)  # matched: the nearest k
         if best is None:
-            lines.append(f"No static baseline was evaluated at or below the policy's compute "
+            lines.append(f"No static baseline was evaluated at the policy's compute "
                          f"({policy['compute_fraction']:.3f}).")
         else:
             name, m = best
             vs = m["vs_policy"]
             lines.append(
-                f"Best static program at <= the policy's compute ({policy['compute_fraction']:.3f}): `{name}` "
+                f"Best static program at the policy's compute ({policy['compute_fraction']:.3f}, nearest k): `{name}` "
                 f"{m['accuracy']:.3f} at {m['compute_fraction']:.3f}; policy {policy['accuracy']:.3f} "
                 f"(policy - static = {-vs['delta']:+.3f}, McNemar p = {vs['mcnemar']['p_value']:.3g})."
             )

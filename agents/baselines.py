@@ -348,7 +348,9 @@ def print_baselines(found: StaticBaselines) -> None:
             str(k), f"{1 - k / found.num_blocks:.3f}", *(",".join(map(str, found.skipped(f, k)))
                                                           for f in ("bi", "skip_rank", "greedy")), f"{found.greedy_objective[k - 1]:.3f}", f"{found.greedy_accuracy[k - 1]:.3f}",
         )
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     print(f"search: {found.search_layer_calls} question-layer calls with prefix sharing vs "
           f"{found.search_layer_calls_no_cache} without ({found.seconds:.0f} s)")
 

@@ -450,6 +450,9 @@ class AgentConfig(_Section):
             if len(p) != 3 or any(not (0 < x < 1) for x in p) or abs(sum(p) - 1) > 1e-6:
                 raise self._fail("init_action_probs", "3 probabilities in (0, 1) summing to 1", p)
         self._positive("warm_start_epochs", "warm_start_episodes")
+        if self.warm_start is not None and not re.fullmatch(r"best|(bi|skip_rank|greedy)_[1-9][0-9]*", self.warm_start):
+            raise ConfigError(f"agent.warm_start: {self.warm_start!r} is not 'best' or a static program bi_K, "
+                              f"skip_rank_K or greedy_K (K = skipped blocks)")
         own = {f.name for f in fields(self)} - {"algo", "kwargs"}
         for key in self.kwargs:
             if key in own:
@@ -576,6 +579,9 @@ class Config(_Section):
             "/" in self.run_name or "\\" in self.run_name or self.run_name in (".", "..")
         ):
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain directory name")
+        if self.agent.warm_start == "best" and (self.env.max_compute_fraction or 1.0) >= 1.0:
+            raise ConfigError("agent.warm_start='best' picks the static program that fits env.max_compute_fraction; "
+                              "set a budget < 1 or name a program (e.g. greedy_3)")
         if self.agent.uses_minibatches:
             n_envs, n_steps, batch = self.env.n_envs, self.agent.n_steps, self.agent.batch_size
             rollout = n_envs * n_steps

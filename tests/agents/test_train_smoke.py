@@ -138,3 +138,24 @@ def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(smoke_run: Pa
     assert {"full", "policy"} <= set(result["methods"])
     assert 0 < result["skip_threshold"] <= 1 and result["policy_decoding"].startswith("skip_threshold")
     assert result["methods"]["policy"]["compute_fraction"] < 1.0
+
+
+def test_evaluate_curves_gives_every_k_of_every_family(smoke_run: Path) -> None:
+    code = cli.main(["evaluate", str(smoke_run), "--split", "test", "--limit", "4", "--no-progress", "--curves"])
+    assert code == 0
+    methods = json.loads((smoke_run / "eval_test.json").read_text())["methods"]
+    for family in ("bi", "skip_rank", "greedy"):  # smoke: 6 blocks, K = 2
+        assert {f"{family}_1", f"{family}_2"} <= set(methods), family
+        assert methods[f"{family}_2"]["compute_fraction"] == pytest.approx(4 / 6)
+
+
+def test_baselines_command_lists_the_search(capsys: pytest.CaptureFixture[str]) -> None:
+    from polar_rl.models.loading import cache_root
+
+    code = cli.main(["baselines", "--config", "configs/smoke.yaml", "--limit", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "static programs searched on arc_easy/train (n=4)" in out
+    assert "greedy skips" in out and "question-layer calls with prefix sharing" in out
+    assert list((cache_root() / "baselines").glob("*__arc_easy__train__n4__b5__*.json"))
+    assert cli.main(["baselines", "--config", "configs/smoke.yaml", "--limit", "0"]) == 2

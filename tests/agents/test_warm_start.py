@@ -27,10 +27,11 @@ def test_best_picks_the_k_that_fits_the_budget() -> None:
     ({"agent": {"warm_start": "best"}}, "set a budget < 1 or name a program"),
     ({"agent": {"warm_start": "greedy"}}, "'greedy' is not 'best' or a static program"),
     ({"agent": {"warm_start": "random_3"}}, "'random_3' is not 'best' or a static program"),
+    ({"agent": {"warm_start": "bi_0"}}, "'bi_0' is not 'best' or a static program"),
 ])
-def test_bad_warm_start_names(settings: dict, needle: str) -> None:
-    with pytest.raises(ConfigError, match=needle):
-        candidate_names(Config.from_dict(settings), _Found())  # type: ignore[arg-type]
+def test_bad_warm_start_settings_fail_when_the_config_is_read(settings: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):  # before any run folder exists
+        Config.from_dict(settings)
 
 
 @pytest.mark.real

@@ -24,7 +24,7 @@ import numpy as np
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import ReferenceStore
-from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic, write_jsonl_atomic
+from polar_rl.agents.run_dir import EVAL_FILE, slug, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
@@ -389,14 +389,17 @@ def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run
     result.update(extra)
     result["command"] = command
     write_jsonl_atomic(run_dir / records_file, records)
-    write_report(run_dir, result, records, suffix="" if result_file == EVAL_FILE else f"_{task.split}")
+    suffix = "" if result_file == EVAL_FILE else result_file.removeprefix("eval").removesuffix(".json")
+    write_report(run_dir, result, records, suffix=suffix)
     write_json_atomic(run_dir / result_file, result)
     return result
 
 
 def main(run_dir: str | Path, split: str = "test", limit: int | None = None, checkpoint: str = "auto",
-         show_progress: bool = True, target_compute: float | None = None, curves: bool = False) -> dict[str, Any]:
-    """Re-evaluate the run in ``run_dir`` on ``split``; writes ``eval_<split>.json``; returns it."""
+         show_progress: bool = True, target_compute: float | None = None, curves: bool = False,
+         task_name: str | None = None) -> dict[str, Any]:
+    """Re-evaluate the run in ``run_dir`` on ``split`` (of its own task, or of ``task_name``: transfer,
+    with the static programs still searched on the run's task); writes ``eval[_<task>]_<split>.json``."""
     import shlex
     import sys
 
@@ -407,16 +410,19 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     if limit is None:
         limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)
     path = resolve_checkpoint(run_dir, checkpoint)
-    task = load_split(cfg, split, limit)
+    transfer = task_name is not None and task_name != cfg.task.name
+    eval_cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=task_name)) if transfer else cfg
+    task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
+    stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
     lm = load_lm(cfg)
     model = load_algorithm(cfg.agent.algo, path)
     tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
     result = evaluate_and_report(
         lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,
-        records_file=f"eval_{split}_records.jsonl", result_file=f"eval_{split}.json",
+        records_file=f"{stem}_records.jsonl", result_file=f"{stem}.json",
         command=shlex.join(["polar-rl", "evaluate", *sys.argv[2:]]) if sys.argv[1:2] == ["evaluate"]
         else f"polar-rl evaluate {run_dir} --split {split}",
-        extra={"policy_checkpoint": path.name},
+        extra={"policy_checkpoint": path.name, "trained_on": cfg.task.name},
     )
     print_summary(result)
     return result
@@ -434,6 +440,9 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--target-compute", type=float, default=None,
                         help="also evaluate the policy with a SKIP threshold calibrated on the eval split "
                              "for this compute fraction (default: the run's training.target_compute)")
+    parser.add_argument("--task", default=None, dest="task_name",
+                        help="evaluate on another task (transfer; default: the run's task); the static "
+                             "baselines stay those searched on the run's task")
     parser.add_argument("--curves", action="store_true",
                         help="evaluate every static baseline at every k (the full curves; slow), not only at "
                              "the policy's matched compute")
@@ -448,7 +457,7 @@ def run_cli(argv: list[str], prog: str = "polar-rl evaluate") -> int:
     if args.target_compute is not None and not 0 < args.target_compute:
         raise ConfigError(f"--target-compute must be > 0, got {args.target_compute}")
     main(args.run_dir, args.split, args.limit, args.checkpoint, show_progress=not args.no_progress,
-         target_compute=args.target_compute, curves=args.curves)
+         target_compute=args.target_compute, curves=args.curves, task_name=args.task_name)
     return 0
 
 

@@ -159,3 +159,14 @@ def test_baselines_command_lists_the_search(capsys: pytest.CaptureFixture[str]) 
     assert "greedy skips" in out and "question-layer calls with prefix sharing" in out
     assert list((cache_root() / "baselines").glob("*__arc_easy__train__n4__b5__*.json"))
     assert cli.main(["baselines", "--config", "configs/smoke.yaml", "--limit", "0"]) == 2
+
+
+def test_evaluate_on_another_task_keeps_the_run_s_baselines(smoke_run: Path) -> None:
+    code = cli.main(["evaluate", str(smoke_run), "--split", "test", "--limit", "4", "--no-progress",
+                     "--task", "openbookqa"])
+    assert code == 0
+    result = json.loads((smoke_run / "eval_openbookqa_test.json").read_text())
+    assert result["task"] == "openbookqa" and result["trained_on"] == "arc_easy" and result["n"] == 4
+    assert result["baseline_search"]["split"] == "train" and "greedy_1" in result["methods"]
+    assert (smoke_run / "report_openbookqa_test.md").is_file()
+    assert cli.main(["evaluate", str(smoke_run), "--task", "no_such_task", "--no-progress"]) == 2

@@ -31,6 +31,7 @@ from polar_rl.envs.engine import LockstepEngine, Reference
 from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs, sb3_policy
 from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
 from polar_rl.models.adapter import LayerModel
+from polar_rl.program import runs_string
 from polar_rl.tasks.examples import Task
 from polar_rl.tasks.multiple_choice import pack_questions
 
@@ -147,13 +148,9 @@ def adaptivity(runs: list[list[int]]) -> dict[str, Any]:
             same_pairs = float((counts * (counts - 1)).sum())
             hamming += 1.0 - same_pairs / (n * (n - 1))
     programs, counts = np.unique(table, axis=0, return_counts=True)
-    top = [{"program": _program_str(p), "share": float(c / n)} for p, c in
+    top = [{"program": runs_string(p), "share": float(c / n)} for p, c in
            sorted(zip(programs.tolist(), counts.tolist(), strict=True), key=lambda pc: -pc[1])[:5]]
     return {"distinct_programs": int(len(programs)), "mean_hamming": hamming, "most_common": top}
-
-
-def _program_str(runs: Sequence[int]) -> str:
-    return "".join({0: "-", 1: "x"}.get(int(r), str(int(r))) for r in runs)
 
 
 def static_env(cfg: Config) -> Any:
@@ -250,7 +247,7 @@ def evaluate_methods(
         if name != "policy":
             summary["vs_policy"] = paired_comparison(policy_correct, correct)
         if name in programs or name == "full":
-            summary["program"] = _program_str(programs.get(name, [1] * B))
+            summary["program"] = runs_string(programs.get(name, [1] * B))
         summaries[name] = summary
         records.extend({"method": name, **{k: r[k] for k in RECORD_KEYS}} for r in recs)
     if baselines is not None and "random" in cfg.baselines.families and cfg.baselines.random_seeds > 0:

@@ -23,6 +23,7 @@ from polar_rl.agents.baselines import StaticBaselines, max_skips
 from polar_rl.config import Config, ConfigError
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import constant_policy, rollout_programs
+from polar_rl.program import runs_string
 
 
 def candidate_names(cfg: Config, found: StaticBaselines) -> list[str]:
@@ -136,7 +137,7 @@ def warm_start(model: Any, cfg: Config, found: StaticBaselines, train_engine: Lo
     obs, masks, actions, returns = collect(train_engine, runs, episodes)
     stats = behaviour_clone(model, obs, masks, actions, returns, cfg.agent.warm_start_epochs,
                             seed=int(cfg.seed or 0))
-    program = "".join("x" if r else "-" for r in runs)
+    program = runs_string(runs)
     print(f"warm start: cloned {name} ({program}) from {len(obs)} decisions; eval accuracy of the candidates "
           f"{ {n: round(s, 3) for n, s in scores.items()} }; actor agreement {stats['bc_agreement']:.3f}")
     return {"program": name, "runs": runs, "candidates": scores, **stats}

@@ -133,8 +133,7 @@ class Program:
         return all(r == 1 for r in self.runs)
 
     def __str__(self) -> str:
-        sym = {0: "-", 1: "x"}
-        return "".join(sym.get(r, str(r)) for r in self.runs)
+        return runs_string(self.runs)
 
     # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +167,11 @@ class Program:
         if not isinstance(data, dict):
             raise ProgramError(f"program JSON must be an object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def runs_string(runs: Any) -> str:
+    """Run counts as text, one character a block: ``-`` skip, ``x`` execute, the count for a loop."""
+    return "".join({0: "-", 1: "x"}.get(int(r), str(int(r))) for r in runs)
 
 
 def action_to_runs(action: int, loop_runs: int = 2) -> int:

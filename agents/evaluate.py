@@ -26,7 +26,7 @@ from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import ReferenceStore
 from polar_rl.agents.run_dir import EVAL_FILE, slug, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
-from polar_rl.config import Config, ConfigError, load_config
+from polar_rl.config import Config, ConfigError, EnvConfig, load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
 from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs, sb3_policy
 from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
@@ -153,9 +153,9 @@ def adaptivity(runs: list[list[int]]) -> dict[str, Any]:
     return {"distinct_programs": int(len(programs)), "mean_hamming": hamming, "most_common": top}
 
 
-def static_env(cfg: Config) -> Any:
+def static_env(env: EnvConfig) -> EnvConfig:
     """The env settings static programs run under: no masks (they skip any block, as searched)."""
-    return dataclasses.replace(cfg.env, max_compute_fraction=None, always_execute=[], max_loops=None)
+    return dataclasses.replace(env, max_compute_fraction=None, always_execute=[], max_loops=None)
 
 
 def evaluate_methods(
@@ -180,7 +180,7 @@ def evaluate_methods(
     """
     n_envs = min(cfg.env.n_envs, len(task))
     engine = make_engine(lm, task, cfg, n_envs=n_envs, shuffle=False, reference=reference)
-    free = make_engine(lm, task, cfg, env=static_env(cfg), n_envs=n_envs, shuffle=False, reference=reference)
+    free = make_engine(lm, task, cfg, env=static_env(cfg.env), n_envs=n_envs, shuffle=False, reference=reference)
     free.cache = engine.cache  # one prefix cache: keys are (example, run counts), whatever the masks
     B, L = engine.num_blocks, lm.num_layers
 

@@ -12,7 +12,6 @@ already skips, and can only move away from it where the reward says so.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -62,8 +61,9 @@ def choose_program(cfg: Config, found: StaticBaselines, eval_engine: LockstepEng
             raise ConfigError(f"agent.warm_start: {name} skips blocks {bad}, which env.always_execute forbids")
     if not programs:
         raise ConfigError(f"agent.warm_start: every candidate ({', '.join(names)}) skips a block in env.always_execute")
-    free = dataclasses.replace(eval_engine.cfg, always_execute=[], max_compute_fraction=None, max_loops=None)
-    engine = LockstepEngine(eval_engine.lm, eval_engine.task, free, eval_engine.n, shuffle=False,
+    from polar_rl.agents.evaluate import static_env
+
+    engine = LockstepEngine(eval_engine.lm, eval_engine.task, static_env(eval_engine.cfg), eval_engine.n, shuffle=False,
                             reference=eval_engine.reference)
     records, _ = rollout_programs(engine, programs)
     scores = {n: float(np.mean([r["correct"] for r in recs])) for n, recs in records.items()}

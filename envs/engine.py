@@ -182,11 +182,15 @@ class LockstepEngine:
             self.ep.phi = self._reference_phi(examples)
         return self.observe()
 
-    def _reference_phi(self, examples: list[MCExample]) -> np.ndarray:
+    def _reference_term(self, examples: list[MCExample]) -> np.ndarray:
+        """(N,) the full model's task term on ``examples`` (from the reference results)."""
         refs = [self.reference[ex.id] for ex in examples]
-        term = task_term(self.cfg.reward, torch.tensor([r.correct for r in refs]), torch.tensor([r.margin for r in refs]),
+        return task_term(self.cfg.reward, torch.tensor([r.correct for r in refs]), torch.tensor([r.margin for r in refs]),
                          torch.tensor([r.gold_logprob for r in refs])).numpy().astype(np.float64)
-        return term - self.cfg.wrong_penalty * ~np.array([r.correct for r in refs])
+
+    def _reference_phi(self, examples: list[MCExample]) -> np.ndarray:
+        wrong = ~np.array([self.reference[ex.id].correct for ex in examples])
+        return self._reference_term(examples) - self.cfg.wrong_penalty * wrong
 
     def _completion_phi(self, rows: list[int]) -> np.ndarray:
         """Potential of ``rows`` after the current block: the task term of the decisions so far, then
@@ -363,10 +367,7 @@ class LockstepEngine:
         term = task_term(self.cfg.reward, scores.correct, scores.margin, choice_gold_logprob(scores)).numpy()
         baseline = np.zeros(self.n)
         if self.cfg.relative_to_full:  # minus the full model's term: the question's difficulty cancels
-            baseline = task_term(
-                self.cfg.reward, torch.tensor([r.correct for r in refs]), torch.tensor([r.margin for r in refs]),
-                torch.tensor([r.gold_logprob for r in refs]),
-            ).numpy()
+            baseline = self._reference_term(ep.examples)
         term = term.astype(np.float64) - baseline
         correct = scores.correct.numpy()
         term = term - self.cfg.wrong_penalty * (~correct)

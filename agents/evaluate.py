@@ -23,7 +23,7 @@ import numpy as np
 
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
-from polar_rl.agents.reference_store import ReferenceStore
+from polar_rl.agents.reference_store import reference_store
 from polar_rl.agents.run_dir import EVAL_FILE, slug, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig, load_config
@@ -109,7 +109,7 @@ def threshold_for_target(lm: LayerModel, cfg: Config, model: Any, target: float 
     if target is None:
         return None
     task = load_split(cfg, cfg.task.eval_split, cfg.task.eval_limit)
-    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
+    store = reference_store(lm, task, cfg.model.dtype)
     reference = store.load()
     engine = make_engine(lm, task, cfg, n_envs=min(cfg.env.n_envs, len(task)), shuffle=False, reference=reference)
     tau, compute = calibrate_skip_threshold(engine, model, target)
@@ -373,16 +373,13 @@ def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run
             baselines = load_or_search(lm, cfg, show_progress=show_progress)
         except ValueError as e:
             raise ConfigError(f"baselines: {e}") from None
-    store = ReferenceStore(lm.model_hash, task.name, task.split, cfg.model.dtype)
+    store = reference_store(lm, task, cfg.model.dtype)
     reference = store.load()
     result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress, skip_threshold=skip_threshold,
                                        baselines=baselines, full_seconds=store.load_seconds(), curves=curves)
-    try:
-        store.save(reference)
-        if result["methods"]["full"].get("seconds_per_example") is not None:
-            store.save_seconds(result["methods"]["full"]["seconds_per_example"])
-    except OSError as e:  # an optional cache never costs a run
-        print(f"warning: could not write the reference cache {store.path}: {e}")
+    store.save(reference)  # optional caches: a write failure is a warning, never the run
+    if result["methods"]["full"].get("seconds_per_example") is not None:
+        store.save_seconds(result["methods"]["full"]["seconds_per_example"])
     result.update(extra)
     result["command"] = command
     write_jsonl_atomic(run_dir / records_file, records)

@@ -1,48 +1,122 @@
 """Disk cache of the full model's result per example, so each split is run in full only once.
 
-``$POLAR_RL_CACHE/reference/<model_hash>__<task>__<split>.json`` maps example id ->
-``{"correct": bool, "margin": float, "gold_logprob": float}`` (a file missing a field is recomputed). Load it into the ``reference`` dict an engine is given (the
-engine fills in examples it has not seen), and save the dict back after the run. Results depend on
-the weights' dtype, so non-float32 runs get their own file (``<model_hash>-<dtype>__...``).
+A cached result is reused only when everything that determines it is the same:
+
+- the model: its weights hash (:func:`polar_rl.models.loading.model_hash`: the verified manifest of
+  a converted model, the content of a local folder, or the resolved commit of a hub id), the dtype
+  and the device kind (cpu / cuda / mps round differently) name the file
+  ``$POLAR_RL_CACHE/reference/<model_hash>__<dtype>__<device>__<task>__<split>.json``;
+- the example: each entry stores a hash of the example's content (context, choices, gold) and of
+  the scoring rule (:data:`SCORING`); an entry whose hash differs from the example's now (the task's
+  data was edited under the same name) is stale: it is dropped on load and recomputed, never reused.
+
+The file holds ``{"format": 2, "model_hash", "dtype", "device", "entries": {example id ->
+{"example": hash, "correct", "margin", "gold_logprob"}}}``. Load it into the ``reference`` dict an
+engine is given (the engine fills in the examples it is missing), and save the dict back after the
+run. Writing is optional: a cache folder that cannot be written costs a warning, never the run.
+Files of the first format (``<model_hash>__<task>__<split>.json``, entries without content hashes)
+cannot be verified and are not read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from polar_rl.agents.run_dir import slug, write_json_atomic
 from polar_rl.envs.engine import Reference
 from polar_rl.models.loading import cache_root
+from polar_rl.tasks.examples import MCExample, Task
+
+FORMAT = 2
+#: what a cached value means: bump when choice scoring, the margin or the gold log-prob change
+SCORING = "rc: sum log p(choice | context), packed choices; margin = gold - best other; gold_logprob over choices; v1"
+
+
+def example_hash(example: MCExample) -> str:
+    """Hash of what the full model's result on ``example`` depends on: its content and the scoring rule."""
+    payload = json.dumps({"context": example.context, "choices": list(example.choices), "gold": example.gold,
+                          "scoring": SCORING}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 class ReferenceStore:
-    """The cached full-model results of one (model, dtype, task, split)."""
+    """The cached full-model results of one (model, dtype, device kind, task, split)."""
 
-    def __init__(self, model_hash: str, task: str, split: str, dtype: str = "float32", root: Path | None = None):
-        model_key = model_hash if dtype == "float32" else f"{model_hash}-{dtype}"
+    def __init__(self, model_hash: str, task: Task, dtype: str = "float32", device: str = "cpu",
+                 root: Path | None = None) -> None:
+        self.model_hash, self.dtype, self.device = model_hash, dtype, device.split(":")[0]
+        self.hashes = {ex.id: example_hash(ex) for ex in task.examples if isinstance(ex, MCExample)}
         folder = (root if root is not None else cache_root()) / "reference"
-        self.path = folder / f"{model_key}__{slug(task)}__{slug(split)}.json"
-        self.meta_path = folder / f"{model_key}__{slug(task)}__{slug(split)}.meta.json"
+        stem = f"{slug(model_hash)}__{slug(dtype)}__{slug(self.device)}__{slug(task.name)}__{slug(task.split)}"
+        self.path = folder / f"{stem}.json"
+        self.meta_path = folder / f"{stem}.meta.json"
+        self.stale = 0  # entries dropped by the last load because their example changed
 
-    def load(self) -> dict[str, Reference]:
-        """The cached results (empty when there is no file or it cannot be read)."""
+    def _read_entries(self) -> dict[str, dict]:
+        """The file's entries when it is for this model, dtype and device (else empty)."""
         if not self.path.is_file():
             return {}
         try:
             raw = json.loads(self.path.read_text())
-            return {k: Reference(bool(v["correct"]), float(v["margin"]), float(v["gold_logprob"]))
-                    for k, v in raw.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            identity = (raw["format"], raw["model_hash"], raw["dtype"], raw["device"])
+            if identity != (FORMAT, self.model_hash, self.dtype, self.device):
+                print(f"warning: ignoring reference cache {self.path}: it is for {identity}, not "
+                      f"{(FORMAT, self.model_hash, self.dtype, self.device)}")
+                return {}
+            entries = raw["entries"]
+            if not isinstance(entries, dict):
+                raise TypeError(f"entries is {type(entries).__name__}, not a mapping")
+            return entries
+        except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"warning: ignoring unreadable reference cache {self.path}: {e}")
             return {}
 
-    def save(self, reference: dict[str, Reference]) -> None:
-        """Merge ``reference`` into the file (atomically; entries of other runs are kept)."""
-        merged = {**self.load(), **reference}
-        data = {k: {"correct": v.correct, "margin": v.margin, "gold_logprob": v.gold_logprob}
-                for k, v in sorted(merged.items())}
-        write_json_atomic(self.path, data)
+    @staticmethod
+    def _reference(entry: dict) -> Reference:
+        correct, margin, gold_lp = entry["correct"], entry["margin"], entry["gold_logprob"]
+        if not isinstance(correct, bool) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                    for v in (margin, gold_lp)):
+            raise TypeError(f"bad types in entry {entry!r}")
+        return Reference(correct, float(margin), float(gold_lp))
+
+    def load(self) -> dict[str, Reference]:
+        """The cached results of this task's examples whose content and scoring rule are unchanged."""
+        out: dict[str, Reference] = {}
+        self.stale = 0
+        for key, entry in self._read_entries().items():
+            want = self.hashes.get(key)
+            if want is None:
+                continue
+            try:
+                if entry["example"] != want:
+                    self.stale += 1
+                    continue
+                out[key] = self._reference(entry)
+            except (KeyError, TypeError) as e:
+                print(f"warning: reference cache {self.path}: recomputing {key!r} ({e})")
+        if self.stale:
+            print(f"warning: reference cache {self.path}: {self.stale} examples changed since they were cached; "
+                  f"recomputing them")
+        return out
+
+    def save(self, reference: dict[str, Reference]) -> bool:
+        """Merge this task's entries of ``reference`` into the file (atomically; other entries are kept,
+        stale ones replaced). Returns False, with a warning, when the cache cannot be written."""
+        entries = self._read_entries()
+        for key, ref in reference.items():
+            if key in self.hashes:
+                entries[key] = {"example": self.hashes[key], "correct": bool(ref.correct), "margin": float(ref.margin),
+                                "gold_logprob": float(ref.gold_logprob)}
+        data = {"format": FORMAT, "model_hash": self.model_hash, "dtype": self.dtype, "device": self.device,
+                "scoring": SCORING, "entries": dict(sorted(entries.items()))}
+        try:
+            write_json_atomic(self.path, data)
+        except OSError as e:  # an optional cache never costs a run
+            print(f"warning: could not write the reference cache {self.path}: {e}")
+            return False
+        return True
 
     def load_seconds(self) -> float | None:
         """Wall seconds per example of the full model's last measured pass on this split, if cached."""
@@ -53,4 +127,12 @@ class ReferenceStore:
             return None
 
     def save_seconds(self, seconds: float) -> None:
-        write_json_atomic(self.meta_path, {"seconds_per_example": seconds})
+        try:
+            write_json_atomic(self.meta_path, {"seconds_per_example": seconds})
+        except OSError as e:
+            print(f"warning: could not write the reference cache {self.meta_path}: {e}")
+
+
+def reference_store(lm: object, task: Task, dtype: str) -> ReferenceStore:
+    """The store for ``lm`` (its model hash and device kind) on ``task``."""
+    return ReferenceStore(lm.model_hash, task, dtype, lm.device.type)  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ from polar_rl.agents.evaluate import (
     print_summary,
     threshold_for_target,
 )
-from polar_rl.agents.reference_store import ReferenceStore
+from polar_rl.agents.reference_store import reference_store
 from polar_rl.agents.run_dir import (
     EVAL_FILE,
     JsonlWriter,
@@ -93,7 +93,7 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
     eval_task = load_split(cfg, cfg.task.eval_split, cfg.task.eval_limit)
     test_task = load_split(cfg, cfg.task.test_split, cfg.task.test_limit)
     lm = load_lm(cfg)
-    stores = {t.split: ReferenceStore(lm.model_hash, t.name, t.split, cfg.model.dtype) for t in (train_task, eval_task)}
+    stores = {t.split: reference_store(lm, t, cfg.model.dtype) for t in (train_task, eval_task)}
     refs = {split: store.load() for split, store in stores.items()}
     try:
         venv = LayerProgramVecEnv(model=lm, task=train_task, config=cfg.env, n_envs=cfg.env.n_envs,

@@ -114,18 +114,61 @@ def resolve_model(spec: str) -> ResolvedModel:
     return ResolvedModel(spec, spec.replace("/", "--"), offline=False)
 
 
+MANIFEST = "polar_rl_manifest.json"
+
+
+def verify_cached_copy(target: Path, source_sha256: str | None = None) -> str | None:
+    """None when every file the manifest of a converted model lists is there with its recorded
+    sha256 (config, tokenizer and weights alike); else which file is bad and why."""
+    manifest = target / MANIFEST
+    try:
+        meta = json.loads(manifest.read_text())
+        files, weights = meta["files"], meta["weights_sha256"]
+        if not isinstance(files, dict) or not files or not isinstance(weights, str):
+            raise TypeError("files / weights_sha256 have the wrong type")
+    except FileNotFoundError:
+        return f"{manifest} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{manifest} is unreadable or of an older format ({type(e).__name__}: {e})"
+    if source_sha256 is not None and meta.get("source_sha256") != source_sha256:
+        return f"{manifest} was converted from another GGUF file (source sha256 {meta.get('source_sha256')})"
+    if files.get("model.safetensors") != weights:
+        return f"{manifest}: weights_sha256 disagrees with its file list"
+    for name in ("config.json", "model.safetensors"):
+        if name not in files:
+            return f"{manifest} does not list {name}"
+    for name, want in sorted(files.items()):
+        path = target / name
+        if Path(name).name != name or not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != want:
+            return f"{path} does not match its sha256 in the manifest (edited or corrupt)"
+    return None
+
+
 def ensure_embedded(spec: str) -> Path:
-    """Return the verified fp32 cache folder for an embedded model, converting it on first use."""
+    """Return the verified fp32 cache folder for an embedded model, converting it on first use.
+
+    Every file of the cached copy is checked against the manifest; a bad one (named in a warning)
+    makes us convert again. A cache that cannot be rebuilt is an error naming the bad file."""
     gguf_path = embedded_gguf_path(spec)
     target = cache_root() / "models" / spec
-    manifest = target / "polar_rl_manifest.json"
-    if manifest.is_file():
-        meta = json.loads(manifest.read_text())
-        weights = target / "model.safetensors"
-        if weights.is_file() and sha256_file(weights) == meta.get("weights_sha256"):
+    source_sha = sha256_file(gguf_path)
+    if target.exists():
+        problem = verify_cached_copy(target, source_sha)
+        if problem is None:
             return target
-        shutil.rmtree(target, ignore_errors=True)  # corrupt or partial: rebuild
-    _convert_gguf(gguf_path, target)
+        print(f"warning: cached model {spec!r} is not intact ({problem}); converting it again")
+    else:
+        problem = None
+    try:
+        _convert_gguf(gguf_path, target)
+    except OSError as e:
+        why = f" ({problem})" if problem else ""
+        raise ModelSpecError(f"model {spec!r}: cannot write the converted copy under {target.parent}{why}: {e}") from e
+    problem = verify_cached_copy(target, source_sha)
+    if problem is not None:
+        raise ModelSpecError(f"model {spec!r}: the converted copy does not verify: {problem}")
     return target
 
 
@@ -145,35 +188,85 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v.to(torch.float32) for k, v in quantised.state_dict().items()}
     model.load_state_dict(state, strict=True)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    save_copy(gguf_path, target, save)
+
+
+def save_copy(gguf_path: Path, target: Path, save: Any) -> None:
+    """``save(folder)`` into a temp folder, record every file's sha256 in the manifest, swap it in."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save(tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
             "source": str(gguf_path),
             "source_sha256": sha256_file(gguf_path),
-            "weights_sha256": sha256_file(tmp / "model.safetensors"),
+            "weights_sha256": files["model.safetensors"],
+            "files": files,  # every file of the copy, verified on each use
         }
-        (tmp / "polar_rl_manifest.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-converted folder never looks complete
+        (tmp / MANIFEST).write_text(json.dumps(meta, indent=2))
+        os.chmod(tmp, 0o755)
+        _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def model_hash(source: str) -> str:
-    """A short, stable identity for caching results per model (manifest hash or config hash)."""
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Put the complete folder ``tmp`` at ``target``: a half-converted folder never looks complete,
+    and a bad old copy is moved aside (then removed) rather than deleted while in place."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        try:
+            target.rename(old / target.name)
+        except FileNotFoundError:
+            pass  # another process moved it first
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not (target / MANIFEST).is_file():  # not another process's finished copy either
+            raise
+
+
+def model_hash(source: str, revision: str | None = None) -> str:
+    """A short identity of a model's weights, for caching results per model.
+
+    A converted copy: its verified weights sha256 (the manifest). A local folder: the content of
+    every file in it (config, tokenizer, weights). A hub id: the id at its resolved commit
+    (``revision``: the hub cache snapshot it was loaded from), never the id alone; without a commit,
+    :func:`load_model` hashes the loaded weights instead."""
     path = Path(source)
-    manifest = path / "polar_rl_manifest.json"
-    if manifest.is_file():
-        return json.loads(manifest.read_text())["weights_sha256"][:16]
-    weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    h = hashlib.sha256(source.encode())
-    for w in weights:
-        st = w.stat()
-        h.update(f"{w.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    if (path / MANIFEST).is_file():
+        problem = verify_cached_copy(path)
+        if problem is not None:
+            raise ModelSpecError(f"model folder {source!r} is not intact: {problem}")
+        return json.loads((path / MANIFEST).read_text())["weights_sha256"][:16]
+    if path.is_dir():
+        h = hashlib.sha256(b"local folder\n")
+        for p in sorted(path.iterdir()):
+            if p.is_file() and not p.name.startswith("."):
+                h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+        return h.hexdigest()[:16]
+    if not revision:
+        raise ModelSpecError(f"model {source!r}: no resolved commit to identify its weights by")
+    return hashlib.sha256(f"hub:{source}@{revision}".encode()).hexdigest()[:16]
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 of a loaded model's parameters and buffers (names, dtypes, shapes, bytes)."""
+    import torch
+
+    h = hashlib.sha256(b"state dict\n")
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -230,10 +323,26 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: Any = "
         tokenizer = AutoTokenizer.from_pretrained(resolved.source)
     ensure_pad_token(tokenizer)
     model = model.to(device)
-    lm = LayerModel(model, tokenizer, name=resolved.name, model_hash=model_hash(resolved.source))
+    lm = LayerModel(model, tokenizer, name=resolved.name, model_hash=_identity(resolved, model))
     if lm.model_type not in KNOWN_FAMILIES:
         _verify_generic(lm, AdapterError)
     return lm
+
+
+def _identity(resolved: ResolvedModel, model: Any) -> str:
+    """The model hash of a loaded model: its folder's content, or a hub id's resolved commit (else its weights)."""
+    if resolved.name in EMBEDDED_MODELS:  # ensure_embedded verified every file a moment ago
+        return str(json.loads((Path(resolved.source) / MANIFEST).read_text())["weights_sha256"])[:16]
+    if Path(resolved.source).is_dir():
+        return model_hash(resolved.source)
+    commit = None
+    try:  # the snapshot the files came from (transformers 5 no longer sets config._commit_hash)
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        commit = extract_commit_hash(cached_file(resolved.source, "config.json"), None)
+    except (OSError, ValueError, ImportError):
+        commit = None
+    return model_hash(resolved.source, commit) if commit else weights_hash(model)
 
 
 def _verify_generic(lm: LayerModel, error: type[Exception]) -> None:

@@ -95,13 +95,18 @@ def test_atomic_json_leaves_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_reference_store_round_trip(tmp_path: Path) -> None:
-    store = ReferenceStore("abc123", "arc_easy", "test", root=tmp_path)
+    from polar_rl.tasks.examples import MCExample, Task
+
+    task = Task("arc_easy", "test", "multiple_choice",
+                tuple(MCExample(f"q{i}", f"Question {i}?", (" a", " b"), 0) for i in (1, 2)))
+    store = ReferenceStore("abc123", task, root=tmp_path)
     assert store.load() == {}
     store.save({"q1": Reference(True, 1.5, -0.2)})
-    ReferenceStore("abc123", "arc_easy", "test", root=tmp_path).save({"q2": Reference(False, -0.25, -1.5)})
+    ReferenceStore("abc123", task, root=tmp_path).save({"q2": Reference(False, -0.25, -1.5)})
     assert store.load() == {"q1": Reference(True, 1.5, -0.2), "q2": Reference(False, -0.25, -1.5)}
-    assert store.path == tmp_path / "reference" / "abc123__arc_easy__test.json"
-    assert ReferenceStore("abc123", "arc_easy", "test", "bfloat16", root=tmp_path).load() == {}
+    assert store.path == tmp_path / "reference" / "abc123__float32__cpu__arc_easy__test.json"
+    assert ReferenceStore("abc123", task, "bfloat16", root=tmp_path).load() == {}
+    assert ReferenceStore("abc123", task, device="cuda:0", root=tmp_path).load() == {}
     store.path.write_text("not json")
     assert store.load() == {}
 

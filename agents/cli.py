@@ -2,6 +2,8 @@
 
     polar-rl train --config configs/smoke.yaml [--env.compute_penalty 0.05 ...] [--resume RUN_DIR]
     polar-rl evaluate RUN_DIR [--split test] [--limit N]
+    polar-rl export RUN_DIR [--checkpoint best|final] [--format onnx|torchscript|both] [--out DIR]
+    polar-rl generate --export DIR --prompt "..."
     polar-rl <command> --help
 
 A configuration or setup error (bad key or value, missing file, unknown model or task, a resume
@@ -21,12 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("polar_rl.agents.train", "train a policy (and evaluate it on the test split)"),
     "evaluate": ("polar_rl.agents.evaluate", "re-evaluate a run folder: policy vs full model and static baselines"),
     "baselines": ("polar_rl.agents.baselines", "search static programs on the train split (cached) and list them"),
+    "export": ("polar_rl.agents.export", "export a trained policy (ONNX / TorchScript + manifest) for serving"),
+    "generate": ("polar_rl.agents.generate", "generate with an exported policy choosing the layers"),
 }
 # commands that are planned but not built: command -> what it will do
 PLANNED: dict[str, str] = {
-    "export": "export a trained policy for the serving runtime",
     "sweep": "run a W&B sweep over configs/sweeps/*.yaml",
-    "generate": "generate with a trained policy choosing the layers",
 }
 EXIT_USAGE = 2
 

@@ -18,6 +18,7 @@ import torch
 
 from polar_rl.config import EnvConfig
 from polar_rl.envs.prefix_cache import PrefixCache
+from polar_rl.masks import NUM_ACTIONS, MaskRules  # noqa: F401 - NUM_ACTIONS re-exported
 from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.observation import ObservationSpec, featurize, logit_lens
 from polar_rl.program import Action, Program, check_block_size
@@ -31,7 +32,6 @@ from polar_rl.tasks.multiple_choice import (
 )
 
 MARGIN_CLIP = 10.0  # nats; margin and gold log-prob rewards are clipped to [-10, 10]
-NUM_ACTIONS = len(Action)
 
 
 class InvalidActionError(ValueError):
@@ -125,6 +125,8 @@ class LockstepEngine:
         if bad:
             raise ValueError(f"always_execute blocks {bad} out of range 0..{self.num_blocks - 1}")
         self.always_execute = frozenset(cfg.always_execute)
+        self.mask_rules = MaskRules(lm.num_layers, cfg.block_size, cfg.loop_runs, self.always_execute, cfg.max_loops,
+                                    cfg.max_compute_fraction)
         self.obs_spec = ObservationSpec(lm.hidden_size, self.num_blocks, cfg.obs_pooled, cfg.obs_logit_lens)
         self.cache = PrefixCache(cfg.prefix_cache_bytes) if cfg.prefix_cache_bytes > 0 else None
         self.reference: dict[str, Reference] = {} if reference is None else reference
@@ -262,24 +264,9 @@ class LockstepEngine:
 
     # ---- masks ----------------------------------------------------------------------------
     def action_masks(self) -> np.ndarray:
-        """(N, 3) bool: which of SKIP / EXECUTE / LOOP each episode may take now."""
+        """(N, 3) bool: which of SKIP / EXECUTE / LOOP each episode may take now (:mod:`polar_rl.masks`)."""
         assert self.ep is not None, "call reset() first"
-        ep, cfg, bs = self.ep, self.cfg, self.cfg.block_size
-        b = min(ep.block, self.num_blocks - 1)
-        masks = np.ones((self.n, NUM_ACTIONS), dtype=bool)
-        if b in self.always_execute:
-            masks[:, Action.SKIP] = False
-        if cfg.max_loops is not None:
-            masks[ep.loops >= cfg.max_loops, Action.LOOP] = False
-        if cfg.max_compute_fraction is not None:
-            budget = cfg.max_compute_fraction * self.lm.num_layers
-            forced_after = sum(1 for x in self.always_execute if x > b) * bs  # reserved for later blocks
-            room = budget - ep.calls - forced_after
-            masks[room < bs - 1e-9, Action.EXECUTE] = False
-            masks[room < cfg.loop_runs * bs - 1e-9, Action.LOOP] = False
-        empty = ~masks.any(axis=1)
-        masks[empty, Action.EXECUTE] = True  # a forced block over budget still executes once
-        return masks
+        return self.mask_rules.masks(min(self.ep.block, self.num_blocks - 1), self.ep.calls, self.ep.loops)
 
     # ---- step -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,219 @@
+"""PolarRunner: generate and score with an exported policy choosing each input's program of layers.
+
+    runner = PolarRunner.load("runs/<run>/export")            # the model named in the manifest
+    programs = runner.program_for(input_ids, attention_mask)  # one Program per row
+    out = runner.generate(input_ids, max_new_tokens=64)       # out.sequences, out.programs
+    result = runner.score_choices("Question: ...\\nAnswer:", [" a", " b"])
+
+The prompt runs block by block; before each block the policy sees the same features the
+environment computes (:func:`polar_rl.observation.featurize`) and acts under the same masks
+(:class:`polar_rl.masks.MaskRules`), greedily: one policy call per block for the whole batch.
+Decoding then uses the core's cached generation (one KV slot per executed layer call) under each
+row's program. Imports no stable_baselines3, gymnasium or wandb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from polar_rl.masks import MaskRules, masked_argmax
+from polar_rl.models.adapter import LayerInputs, LayerModel
+from polar_rl.observation import featurize, logit_lens
+from polar_rl.program import Action, Program, check_block_size
+from polar_rl.serving.manifest import ServingError, mask_rules, observation_spec, read_manifest
+from polar_rl.serving.policy import PolicyBackend, load_policy
+from polar_rl.tasks.examples import MCExample
+from polar_rl.tasks.multiple_choice import choice_scores, pack_questions, packed_inputs
+
+
+class Generation(NamedTuple):
+    sequences: torch.Tensor  # (B, T + n) prompt and new tokens (finished rows padded)
+    programs: list[Program]
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """One question: summed log-prob per choice (lm-eval "rc"), the argmax, and the program used."""
+
+    logprobs: tuple[float, ...]
+    pred: int
+    program: Program
+
+
+def check_model(lm: LayerModel, manifest: dict[str, Any], allow_mismatch: bool = False) -> None:
+    """ServingError naming both values when ``lm`` is not the model the policy was trained on.
+
+    Layer count and hidden size always have to match (the observation would not fit the policy);
+    ``allow_mismatch`` accepts a different weights hash (e.g. another dtype or a fine-tuned copy).
+    """
+    want = manifest["model"]
+    for key, have in (("num_layers", lm.num_layers), ("hidden_size", lm.hidden_size)):
+        if int(want[key]) != have:
+            raise ServingError(f"model {lm.name!r} has {key}={have} but the policy was exported for "
+                               f"{want['name']!r} with {key}={want[key]}; the observation would not fit")
+    if str(want.get("hash", "")) != lm.model_hash and not allow_mismatch:
+        raise ServingError(f"model {lm.name!r} has weights hash {lm.model_hash!r} but the policy was exported for "
+                           f"{want['name']!r} with hash {want.get('hash')!r}; pass allow_model_mismatch=True "
+                           f"(CLI: --allow-model-mismatch) to use it anyway")
+
+
+class PolarRunner:
+    """A LayerModel plus an exported policy: per-input programs for generation and scoring."""
+
+    def __init__(self, lm: LayerModel, manifest: dict[str, Any], policy: PolicyBackend,
+                 export_dir: Path | None = None) -> None:
+        self.lm, self.manifest, self.policy, self.export_dir = lm, manifest, policy, export_dir
+        self.obs_spec = observation_spec(manifest)
+        self.rules: MaskRules = mask_rules(manifest)
+        self.block_size, self.loop_runs = self.rules.block_size, self.rules.loop_runs
+        self.num_blocks = check_block_size(lm.num_layers, self.block_size)
+        if self.obs_spec.num_blocks != self.num_blocks:
+            raise ServingError(f"manifest observation has {self.obs_spec.num_blocks} blocks but the model has "
+                               f"{self.num_blocks} ({lm.num_layers} layers / block_size {self.block_size})")
+        self.policy_seconds = 0.0  # wall time in featurisation + policy calls (the policy_overhead_share bench)
+
+    @classmethod
+    def load(cls, export_dir: str | Path, model: LayerModel | None = None, *, backend: str = "onnx",
+             device: str = "cpu", dtype: str | None = None, allow_model_mismatch: bool = False) -> PolarRunner:
+        """Read and check the export, load its policy, then the model it names (or check ``model``)."""
+        export_dir = Path(export_dir)
+        manifest = read_manifest(export_dir)
+        policy = load_policy(export_dir, manifest, backend)
+        if model is None:
+            from polar_rl.models.loading import load_model
+
+            spec = manifest["model"]
+            try:
+                model = load_model(spec["name"], device=device, dtype=dtype or spec.get("dtype") or "float32")
+            except ValueError as e:
+                raise ServingError(f"cannot load the export's model {spec['name']!r}: {e}") from None
+        check_model(model, manifest, allow_model_mismatch)
+        return cls(model, manifest, policy, export_dir)
+
+    # ---- deciding programs ----------------------------------------------------------------
+    @torch.inference_mode()
+    def program_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[Program]:
+        """(B, T) prompts (left or right padded with ``attention_mask``) -> one Program per row."""
+        lm = self.lm
+        ids = input_ids.to(lm.device)
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(lm.device).long()
+        positions = lm.positions_from_mask(mask)
+        hidden = lm.embed(ids, positions)  # (B, T, H)
+        inputs = lm.layer_inputs(hidden, positions, lm.mask_from_allowed(_causal_allowed(mask)))
+        t = torch.arange(ids.shape[1], device=lm.device)
+        last = (mask * (t + 1)[None]).argmax(-1)  # (B,) the last real token
+        return self._decide(hidden, inputs, last, mask.bool())[0]
+
+    def _decide(self, hidden: torch.Tensor, inputs: LayerInputs, last: torch.Tensor,
+                context: torch.Tensor) -> tuple[list[Program], torch.Tensor]:
+        """Run the blocks with the policy deciding each: programs and the (B, T, H) final hidden states.
+
+        last: (B,) index of each row's last context token (its features). context: (B, T) bool, the
+        tokens the pooled feature averages (the env's ``arange <= context_last``).
+        """
+        n, lm, bs = hidden.shape[0], self.lm, self.block_size
+        rows = torch.arange(n, device=hidden.device)
+        calls, loops = np.zeros(n), np.zeros(n, dtype=int)
+        prev, failed = np.full(n, -1), np.zeros(n, dtype=bool)
+        runs: list[list[int]] = [[] for _ in range(n)]
+        hidden = hidden.clone()
+        for b in range(self.num_blocks):
+            # ---- decide: features -> policy -> masked argmax (one call for the batch)
+            t0 = time.perf_counter()
+            obs = self._observe(hidden, rows, last, context, b, calls, prev, failed)
+            actions = masked_argmax(self.policy(obs), self.rules.masks(b, calls, loops))
+            self.policy_seconds += time.perf_counter() - t0
+            r = np.where(actions == Action.LOOP, self.loop_runs, actions).astype(int)
+            r[failed] = 0
+            # ---- run block b: once over the rows that execute or loop, again over those that loop
+            for rep in range(int(r.max(initial=0))):
+                idx = torch.as_tensor(np.flatnonzero(r > rep), device=hidden.device)
+                sub, sub_inputs = hidden.index_select(0, idx), inputs.select(idx)
+                for layer in range(b * bs, (b + 1) * bs):
+                    sub = lm.run_layer(layer, sub, sub_inputs)
+                hidden[idx] = sub
+            ran = np.flatnonzero(r > 0)
+            if ran.size:  # a non-finite state ends the row's program as it ends an env episode
+                ok = torch.isfinite(hidden[torch.as_tensor(ran, device=hidden.device)]).flatten(1).all(1).cpu().numpy()
+                for i in ran[~ok]:
+                    failed[i], hidden[int(i)] = True, 0.0
+            for i in range(n):
+                runs[i].append(int(r[i]))
+            calls += r * bs
+            loops += actions == Action.LOOP
+            prev = actions.astype(int)
+        programs = [Program.from_runs(x, lm.num_layers, bs, self.loop_runs, lm.name) for x in runs]
+        return programs, hidden
+
+    def _observe(self, hidden: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, context: torch.Tensor,
+                 block: int, calls: np.ndarray, prev: np.ndarray, failed: np.ndarray) -> np.ndarray:
+        """(N, D) float32 features, computed exactly as the environment's ``observe``."""
+        lm, spec, n = self.lm, self.obs_spec, hidden.shape[0]
+        normed = lm.norm(hidden[rows, last])  # (N, H)
+        pooled = lens = None
+        if spec.pooled:
+            mean = (hidden * context[..., None]).sum(1) / context.sum(1, keepdim=True)
+            pooled = lm.norm(mean)
+        if spec.logit_lens:
+            lens = logit_lens(lm.head(normed))
+        obs = featurize(spec, normed, torch.full((n,), block), torch.tensor(calls / lm.num_layers),
+                        torch.tensor(prev), pooled, lens)
+        obs[torch.as_tensor(failed, device=obs.device)] = 0.0
+        return obs.cpu().numpy()
+
+    # ---- generation and scoring -----------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, attention_mask: torch.Tensor | None = None,
+                 eos_token_id: int | list[int] | None = None) -> Generation:
+        """Decide each row's program on its prompt, then decode greedily with the core's cached
+        ``LayerModel.generate`` under it (rows sharing a program decode as one batch)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        programs = self.program_for(input_ids, mask)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(programs):
+            groups.setdefault(p.runs, []).append(i)
+        outs: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            idx = torch.tensor(members)
+            seq = self.lm.generate(input_ids[idx], programs[members[0]], max_new_tokens,
+                                   attention_mask=mask[idx], eos_token_id=eos_token_id)
+            for j, i in enumerate(members):
+                outs[i] = seq[j]  # type: ignore[index]
+        width = max(o.shape[0] for o in outs.values())
+        pad = self.lm.pad_token_id
+        seqs = torch.stack([torch.cat([o, o.new_full((width - o.shape[0],), pad)]) for _, o in sorted(outs.items())])
+        return Generation(seqs, programs)
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, Program]:
+        """One prompt (encoded without special tokens, as the environment encodes contexts) -> (new text, program)."""
+        tok = self.lm.tokenizer
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        out = self.generate(ids, max_new_tokens, eos_token_id=getattr(tok, "eos_token_id", None))
+        return tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True), out.programs[0]
+
+    @torch.inference_mode()
+    def score_choices(self, context: str, choices: list[str] | tuple[str, ...]) -> ChoiceResult:
+        """Multiple choice as the evaluation scores it: the context and choices packed in one row,
+        the program decided on the context, each choice's summed continuation log-prob under it."""
+        example = MCExample(id="serving", context=context, choices=tuple(choices), gold=0)
+        batch = pack_questions(self.lm.tokenizer, [example], self.lm.pad_token_id).to(self.lm.device)
+        hidden, inputs = packed_inputs(self.lm, batch)
+        t = torch.arange(batch.input_ids.shape[1], device=hidden.device)
+        context_mask = t[None] <= batch.context_last[:, None]
+        (program,), final = self._decide(hidden, inputs, batch.context_last, context_mask)
+        scores = choice_scores(self.lm, batch, self.lm.norm(final))
+        logprobs = tuple(float(x) for x in scores.logprobs[0])
+        return ChoiceResult(logprobs, int(np.argmax(logprobs)), program)
+
+
+def _causal_allowed(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) key validity -> (B, T, T) causal & valid; a padded query still sees itself (no empty rows)."""
+    t = torch.arange(mask.shape[1], device=mask.device)
+    causal = t[None, :] <= t[:, None]  # (T, T) key <= query
+    return (causal[None] & mask.bool()[:, None, :]) | torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)[None]

@@ -8,6 +8,8 @@ algorithm takes is spelled out once here: PPO and MaskablePPO take minibatch set
 from __future__ import annotations
 
 import importlib
+import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,9 @@ def make_algorithm(cfg: Config, env: VecEnv, seed: int) -> BaseAlgorithm:
     cls = algorithm_class(cfg.agent.algo)
     try:
         model = cls("MlpPolicy", env, seed=seed, **algorithm_kwargs(cfg.agent))
-    except TypeError as e:  # an agent.kwargs key the algorithm does not take
-        raise ConfigError(f"agent.kwargs: {cls.__name__} rejected the arguments: {e}") from None
+    except (TypeError, ValueError, AssertionError) as e:  # an agent.kwargs key or value it does not take
+        raise ConfigError(f"agent.kwargs: {cls.__name__} rejected the arguments {dict(cfg.agent.kwargs)}: "
+                          f"{e or type(e).__name__}") from None
     if cfg.agent.init_action_probs is not None:
         set_initial_action_probs(model, cfg.agent.init_action_probs)
     return model
@@ -99,9 +102,24 @@ def set_initial_action_probs(model: BaseAlgorithm, probs: Sequence[float]) -> No
         head.bias.copy_(torch.log(torch.tensor(list(probs), dtype=head.bias.dtype)))
 
 
+class DamagedModelError(ConfigError):
+    """A model zip that cannot be loaded (truncated, not a zip, wrong contents)."""
+
+
+#: what SB3 raises on a damaged zip (truncated, garbage, a member that does not unpickle)
+_DAMAGED = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, IndexError, AssertionError,
+            pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def load_algorithm(name: str, path: Path, env: VecEnv | None = None) -> BaseAlgorithm:
-    """Load a saved model of algorithm ``name`` (optimizer state and ``num_timesteps`` included)."""
-    return algorithm_class(name).load(path, env=env, device="cpu")
+    """Load a saved model of algorithm ``name`` (optimizer state and ``num_timesteps`` included);
+    a damaged file is one DamagedModelError naming it."""
+    cls = algorithm_class(name)
+    try:
+        return cls.load(path, env=env, device="cpu")
+    except _DAMAGED as e:
+        raise DamagedModelError(f"cannot load the model {path}: damaged or not a {cls.__name__} zip "
+                                f"({type(e).__name__}: {e})") from None
 
 
 def actor_network(model: BaseAlgorithm) -> Any:

@@ -15,7 +15,6 @@ so they reach every logger output (stdout, ``metrics.jsonl``, W&B). Stable keys:
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -44,10 +43,10 @@ EVAL_KEYS: tuple[str, ...] = (
 
 
 def save_model_atomic(model: Any, path: Path) -> None:
-    """``model.save`` to a temp file next to ``path``, then rename (never a half-written zip)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """``model.save`` into a uniquely named temp file next to ``path``, fsync, then rename: never a
+    half-written zip, and two writers never share a temp file."""
+    with atomic_open(path, "wb") as f:
+        model.save(f)
 
 
 def _crossed(now: int, last: int, every: int) -> bool:
@@ -197,8 +196,8 @@ class CheckpointWithRngCallback(BaseCallback):
     """Every ``save_freq`` env steps, after the policy update: model zip + RNG states.
 
     Files follow SB3's ``CheckpointCallback`` names (``rl_model_<steps>_steps.zip``) and add
-    ``rl_model_rng_<steps>_steps.pkl``. Both are written atomically, zip first, so the RNG file
-    marks a complete checkpoint. Saving at rollout start means the saved policy includes the last
+    ``rl_model_rng_<steps>_steps.pkl``. Both are written atomically and fsynced, zip first, so the
+    RNG file marks a complete checkpoint. Saving at rollout start means the saved policy includes the last
     update and a resume restarts cleanly at a rollout boundary.
     """
 

@@ -408,8 +408,8 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     eval_cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=task_name)) if transfer else cfg
     task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
     stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
+    model = load_algorithm(cfg.agent.algo, path)  # a damaged zip: one error, before the model loads
     lm = load_lm(cfg)
-    model = load_algorithm(cfg.agent.algo, path)
     tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
     result = evaluate_and_report(
         lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,

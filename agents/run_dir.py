@@ -13,6 +13,8 @@ A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``
     eval_records.jsonl per-example results of the final evaluation
     eval.json          final evaluation, written last: a run without it is not complete
     eval_<split>.json  later re-evaluations (``polar-rl evaluate RUN_DIR --split <split>``)
+    config.resume_<steps>.yaml  the config of a resumed part when its overrides changed it
+    .lock              held (flock) by the one process that writes the folder
     wandb/, wandb_id.txt  the W&B run (offline runs sync with ``wandb sync RUN_DIR/wandb/offline-run-*``)
 """
 
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -55,18 +59,76 @@ def run_name(cfg: Config, task_name: str, model_name: str, now: datetime | None 
     return f"{slug(task_name)}__{slug(model_name)}__lam{lam}__s{cfg.seed}__{stamp}"
 
 
+def check_writable(folder: str | Path, what: str = "output_dir") -> None:
+    """ConfigError unless files can be created in ``folder`` (or, when it does not exist yet, in its
+    nearest existing parent). Creates nothing that stays: the probe file is removed at once."""
+    path = Path(folder).expanduser()
+    probe_in = path
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise ConfigError(f"{what}={str(folder)!r}: {probe_in} is not a folder, so nothing can be written there")
+    try:
+        with tempfile.TemporaryFile(dir=probe_in, prefix=".polar-rl-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what}={str(folder)!r}: cannot write in {probe_in} ({e.strerror or e})") from None
+
+
 def create_run_dir(output_dir: str | Path, name: str) -> Path:
     """Make a new, empty run folder; a taken name gets ``-1``, ``-2``, ... appended."""
     root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(1000):
-        path = root / (name if i == 0 else f"{name}-{i}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            path = root / (name if i == 0 else f"{name}-{i}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
+    except OSError as e:
+        raise ConfigError(f"output_dir={str(output_dir)!r}: cannot create a run folder there ({e})") from None
     raise ConfigError(f"cannot create a run folder named {name!r} under {root}: 1000 names taken")
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while one process writes it (``fcntl.flock``, released
+    by the kernel when the process dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"run folder {self.run_dir} is in use by another process (pid {holder}); "
+                              f"wait for it to finish or stop it before resuming") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # ---- provenance ----------------------------------------------------------------------------
@@ -201,6 +263,24 @@ class JsonlWriter(KVWriter):
 
     def close(self) -> None:
         self.file.close()
+
+
+def truncate_metrics(run_dir: Path, steps: int) -> int:
+    """Keep only the lines of ``metrics.jsonl`` logged at or before ``steps`` (the checkpoint a run
+    resumes from), so a resumed run's log reads as one run; returns how many lines were dropped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        with suppress(json.JSONDecodeError, TypeError, KeyError, ValueError):
+            if int(json.loads(line)["step"]) <= steps:
+                keep.append(line)
+    if len(keep) < len(lines):
+        with atomic_open(path) as f:
+            f.write("".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

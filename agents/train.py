@@ -17,6 +17,7 @@ seed before training starts, checkpoints and ``metrics.jsonl`` while it runs, an
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecMonitor
 
-from polar_rl.agents.algorithms import check_algorithm, load_algorithm, make_algorithm
+from polar_rl.agents.algorithms import DamagedModelError, check_algorithm, load_algorithm, make_algorithm
 from polar_rl.agents.callbacks import (
     EVAL_KEYS,
     CheckpointWithRngCallback,
@@ -49,12 +50,16 @@ from polar_rl.agents.reference_store import reference_store
 from polar_rl.agents.run_dir import (
     EVAL_FILE,
     JsonlWriter,
+    RunLock,
     append_command,
+    check_writable,
     checkpoint_paths,
     create_run_dir,
     latest_checkpoint,
+    list_checkpoints,
     read_metrics,
     run_name,
+    truncate_metrics,
     write_json_atomic,
     write_provenance,
 )
@@ -68,14 +73,20 @@ from polar_rl.config import (
     save_config,
 )
 from polar_rl.envs.vec_env import LayerProgramVecEnv
+from polar_rl.fileio import write_text_atomic
 
 RESUMABLE_SECTIONS = ("training.", "tracking.")
+#: what loading a damaged checkpoint raises (truncated zip, garbage RNG pickle, wrong contents)
+DAMAGED = (DamagedModelError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+           IndexError, pickle.UnpicklingError)
 
 
 def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | None = None) -> Path:
     """Train with ``cfg`` (or continue the run folder ``resume``); returns the run folder."""
     argv = list(sys.argv if argv is None else argv)
     check_algorithm(cfg)
+    cfg.tracking.effective_mode()  # a bad $WANDB_MODE fails here, not after the run folder exists
+    check_writable(cfg.output_dir if resume is None else resume, "output_dir" if resume is None else "--resume")
     if cfg.training.best_metric not in EVAL_KEYS:
         raise ConfigError(
             f"training.best_metric: {cfg.training.best_metric!r} is not logged by evaluation; "
@@ -104,35 +115,83 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
                               reference=refs[eval_task.split])
     env = VecMonitor(venv)
 
-    # ---- run folder and model: new, or the latest checkpoint of the resumed run
-    if resume is None:
-        run_dir = create_run_dir(cfg.output_dir, run_name(cfg, train_task.name, lm.name))
-        save_config(cfg, run_dir / "config.yaml")
-        write_provenance(run_dir, argv, seed)
-        set_random_seed(seed)
-        model = make_algorithm(cfg, env, seed)
-        if cfg.agent.warm_start is not None:
-            from polar_rl.agents.baselines import load_or_search
-            from polar_rl.agents.warm_start import warm_start
+    # ---- run folder and model: new, or the newest intact checkpoint of the resumed run
+    lock = None
+    try:
+        if resume is None:
+            set_random_seed(seed)
+            model = make_algorithm(cfg, env, seed)  # bad agent.kwargs fail here, before the folder exists
+            run_dir = create_run_dir(cfg.output_dir, run_name(cfg, train_task.name, lm.name))
+            lock = RunLock(run_dir).acquire()
+            save_config(cfg, run_dir / "config.yaml")
+            write_provenance(run_dir, argv, seed)
+            if cfg.agent.warm_start is not None:
+                from polar_rl.agents.baselines import load_or_search
+                from polar_rl.agents.warm_start import warm_start
 
-            clone_engine = make_engine(lm, train_task, cfg, shuffle=True, seed=seed, reference=refs[train_task.split])
-            info = warm_start(model, cfg, load_or_search(lm, cfg, show_progress=cfg.training.progress_bar),
-                              clone_engine, eval_engine)
-            write_json_atomic(run_dir / "warm_start.json", info)
-        best = float("-inf")
-    else:
-        run_dir = Path(resume)
-        steps = latest_checkpoint(run_dir)
-        append_command(run_dir, argv)
-        save_config(cfg, run_dir / "config.yaml")  # with any training.* / tracking.* overrides
+                clone_engine = make_engine(lm, train_task, cfg, shuffle=True, seed=seed,
+                                           reference=refs[train_task.split])
+                info = warm_start(model, cfg, load_or_search(lm, cfg, show_progress=cfg.training.progress_bar),
+                                  clone_engine, eval_engine)
+                write_json_atomic(run_dir / "warm_start.json", info)
+            best = float("-inf")
+        else:
+            run_dir = Path(resume)
+            lock = RunLock(run_dir).acquire()  # one writer: a second --resume of this folder stops here
+            model, steps = load_resumable(run_dir, cfg, env, venv)
+            append_command(run_dir, argv)
+            save_resumed_config(cfg, run_dir, steps)
+            best = max((m[cfg.training.best_metric] for m in read_metrics(run_dir)
+                        if m.get(cfg.training.best_metric) is not None), default=float("-inf"))
+            dropped = truncate_metrics(run_dir, steps)
+            if dropped:
+                print(f"metrics.jsonl: dropped {dropped} lines logged after step {steps} (the steps are run again)")
+            print(f"resuming {run_dir} from {checkpoint_paths(run_dir, steps)[0].name} ({model.num_timesteps} steps)")
+        return _train_and_evaluate(cfg, lm, model, env, venv, eval_engine, test_task, stores, refs, run_dir,
+                                   best, resume is None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEnv) -> tuple[Any, int]:
+    """The model of the newest checkpoint that loads (zip and RNG states), with the RNG states restored.
+    A damaged checkpoint (truncated zip, garbage RNG file) is skipped with a warning naming it;
+    ConfigError when none is intact."""
+    problems = []
+    for steps in reversed(list_checkpoints(run_dir)):
         zip_path, rng_path = checkpoint_paths(run_dir, steps)
-        model = load_algorithm(cfg.agent.algo, zip_path, env=env)
+        try:
+            state = load_rng(rng_path)
+            missing = {"python", "numpy", "torch", "engine_sampler"} - set(state if isinstance(state, dict) else ())
+            if missing:
+                raise ValueError(f"{rng_path.name} lacks {sorted(missing)}")
+            model = load_algorithm(cfg.agent.algo, zip_path, env=env)
+            venv._reset_seeds()  # .load() seeded the env again; the restored RNG state takes over
+            restore_rng(state, venv.engine)
+        except DAMAGED as e:
+            problems.append(f"{zip_path.name}: {type(e).__name__}: {e}")
+            print(f"warning: checkpoint at {steps} steps is damaged ({problems[-1]}); trying an earlier one")
+            continue
+        if problems:
+            print(f"warning: resuming from the newest intact checkpoint, {steps} steps")
         model._last_obs = None  # start fresh episodes: the engine's mid-episode state is not saved
-        venv._reset_seeds()  # .load() seeded the env again; the restored RNG state takes over
-        restore_rng(load_rng(rng_path), venv.engine)
-        best = max((m[cfg.training.best_metric] for m in read_metrics(run_dir)
-                    if m.get(cfg.training.best_metric) is not None), default=float("-inf"))
-        print(f"resuming {run_dir} from {zip_path.name} ({model.num_timesteps} steps)")
+        return model, steps
+    latest_checkpoint(run_dir)  # no checkpoint at all: its own error
+    raise ConfigError(f"cannot resume {run_dir}: every checkpoint is damaged ({'; '.join(problems)})")
+
+
+def save_resumed_config(cfg: Config, run_dir: Path, steps: int) -> None:
+    """config.yaml stays as the run was made; a resume whose overrides change it writes its own file."""
+    text = cfg.to_yaml()
+    if (run_dir / "config.yaml").read_text() != text:
+        write_text_atomic(run_dir / f"config.resume_{steps}.yaml", text)
+
+
+def _train_and_evaluate(cfg: Config, lm: Any, model: Any, env: Any, venv: LayerProgramVecEnv, eval_engine: Any,
+                        test_task: Any, stores: dict[str, Any], refs: dict[str, Any], run_dir: Path,
+                        best: float, fresh: bool) -> Path:
+    """Train to ``training.total_timesteps`` with the callbacks, save the model and evaluate on test."""
     print(f"run folder: {run_dir}")
 
     wandb_run = start_run(cfg, run_dir, run_dir.name)
@@ -154,10 +213,10 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
         remaining = cfg.training.total_timesteps - model.num_timesteps
         if remaining > 0:
             model.learn(remaining, callback=callbacks, progress_bar=cfg.training.progress_bar,
-                        reset_num_timesteps=resume is None)
+                        reset_num_timesteps=fresh)
         save_model_atomic(model, run_dir / "model.zip")
         for split, store in stores.items():
-            store.save(refs[split])
+            store.save(refs[split])  # optional: a cache that cannot be written is a warning
         result = final_evaluation(lm, cfg, model, test_task, run_dir)
         log_summary(wandb_run, tracking_summary(result))
         exit_code = 0

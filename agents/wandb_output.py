@@ -7,6 +7,12 @@ is a ``KVWriter`` that sends each logger dump to ``wandb.log(values, step=num_ti
 ``tracking.mode``: ``offline`` (default, syncable later with ``wandb sync``), ``online`` or
 ``disabled``; ``$WANDB_MODE`` overrides it. ``wandb`` is imported only when the mode is not
 ``disabled``.
+
+Resumed runs: ``metrics.jsonl`` is the run's log of record. A resume truncates it to the checkpoint's
+step, so it reads as one run. The W&B run is resumed under its own id, and W&B ignores rows whose step
+is not above the last one it holds: for the steps between the checkpoint and the kill it keeps the
+values of the killed part, and drops those of the resumed part. Rewinding (``resume_from``) is a
+W&B preview feature for online runs only, so we do not use it.
 """
 
 from __future__ import annotations

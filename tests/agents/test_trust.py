@@ -102,3 +102,198 @@ def test_reference_cache_that_cannot_be_written_warns(cache: Path, capsys, monke
     store.save_seconds(0.5)
     out = capsys.readouterr().out
     assert out.count("warning: could not write the reference cache") == 2 and "Permission denied" in out
+
+
+# ---- 2. runs that can be lost -------------------------------------------------------------------
+
+TINY_ARGS = ["--config", "configs/smoke.yaml", "--task.name", str(EXAMPLE_SPEC), "--env.block_size", "1",
+             "--training.total_timesteps", "192", "--training.checkpoint_freq", "64", "--training.eval_freq", "64",
+             "--training.progress_bar", "false", "--baselines.search_limit", "4"]
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from polar_rl.agents import cli
+
+    code = cli.main([*map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if "Loading weights" not in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny run: checkpoints at 64 and 128 steps, metrics up to 192."""
+    import subprocess
+
+    from tests.agents.helpers import POLAR_RL, cli_env
+
+    root = tmp_path_factory.mktemp("finished")
+    proc = subprocess.run([*POLAR_RL, "train", *TINY_ARGS, "--model.name", str(tiny_dir), "--output_dir",
+                           str(root / "runs")], cwd=REPO, env=cli_env(POLAR_RL_CACHE=str(root / "cache")),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (root / "runs").iterdir()
+    return run
+
+
+@pytest.fixture
+def killed_run(finished_run: Path, tmp_path: Path) -> Path:
+    """The finished run as if killed after its last rollout: no model.zip, no evaluation."""
+    import shutil
+
+    run = tmp_path / "runs" / finished_run.name
+    shutil.copytree(finished_run, run)
+    for name in ("eval.json", "model.zip", "eval_records.jsonl", "report.md"):
+        (run / name).unlink(missing_ok=True)
+    return run
+
+
+def _steps(run: Path) -> list[int]:
+    import json
+
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_logs_read_as_one_run_and_keep_config(killed_run: Path, finished_run: Path, capsys) -> None:
+    """The defects: a resumed run duplicated the steps after its checkpoint in metrics.jsonl and
+    overwrote config.yaml with its overrides."""
+    from polar_rl.agents.run_dir import list_checkpoints
+
+    assert list_checkpoints(killed_run) == [64, 128] and max(_steps(killed_run)) == 192
+    config = (killed_run / "config.yaml").read_text()
+    code, out, err = _cli(capsys, "train", "--resume", killed_run, "--training.eval_freq", "32")
+    assert code == 0, err
+    assert "dropped" in out and "after step 128" in out
+    assert _steps(killed_run).count(192) == _steps(finished_run).count(192)  # no step twice
+    assert sorted(set(_steps(killed_run))) == sorted(set(_steps(finished_run)) | {160})  # eval every 32 now
+    assert (killed_run / "config.yaml").read_text() == config
+    assert "eval_freq: 32" in (killed_run / "config.resume_128.yaml").read_text()
+    assert (killed_run / "eval.json").is_file()
+
+
+def test_second_writer_of_a_run_folder_is_refused(killed_run: Path, capsys) -> None:
+    """The defect: two --resume of one run at once corrupted best_model.zip (nothing locked the folder)."""
+    from polar_rl.agents.run_dir import RunLock
+
+    before = sorted(p.name for p in killed_run.rglob("*"))
+    with RunLock(killed_run):  # the first writer (flock: a second open conflicts even in one process)
+        code, _, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "in use by another process" in line and str(killed_run) in line
+    assert sorted(p.name for p in killed_run.rglob("*")) == before  # nothing written
+    assert _cli(capsys, "train", "--resume", killed_run)[0] == 0  # released: resumable again
+
+
+@pytest.mark.parametrize("damage", ["truncated-zip", "garbage-rng"])
+def test_damaged_latest_checkpoint_falls_back(killed_run: Path, capsys, damage: str) -> None:
+    from polar_rl.agents.run_dir import checkpoint_paths
+
+    zip_path, rng_path = checkpoint_paths(killed_run, 128)
+    if damage == "truncated-zip":
+        zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
+    else:
+        rng_path.write_bytes(b"\x80\x04garbage")
+    code, out, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 0, err
+    assert "checkpoint at 128 steps is damaged" in out and "newest intact checkpoint, 64 steps" in out
+    assert "rl_model_64_steps.zip (64 steps)" in out
+    assert max(_steps(killed_run)) == 192 and (killed_run / "eval.json").is_file()
+
+
+def test_every_checkpoint_damaged_is_one_error(killed_run: Path, capsys) -> None:
+    from polar_rl.agents.run_dir import checkpoint_paths
+
+    for steps in (64, 128):
+        checkpoint_paths(killed_run, steps)[0].write_bytes(b"PK\x03\x04 not really")
+    code, _, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "every checkpoint is damaged" in line and "rl_model_64_steps.zip" in line
+    assert not (killed_run / "eval.json").exists()
+
+
+def test_evaluate_on_a_damaged_zip_is_one_error(finished_run: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes((finished_run / "best_model.zip").read_bytes()[:100])
+    code, _, err = _cli(capsys, "evaluate", finished_run, "--checkpoint", bad, "--split", "val")
+    assert code == 2
+    line = _one_error_line(err)
+    assert "cannot load the model" in line and str(bad) in line
+    assert not (finished_run / "eval_val.json").exists()
+
+
+def test_a_cache_that_cannot_be_written_does_not_cost_the_run(tiny_dir: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    """The defect: a read-only cache folder made a finished training exit with a traceback."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("POLAR_RL_CACHE", str(blocker / "cache"))  # nothing can be created under a file
+    code, out, err = _cli(capsys, "train", *TINY_ARGS, "--training.total_timesteps", "64",
+                          "--model.name", tiny_dir, "--output_dir", tmp_path / "runs")
+    assert code == 0, err
+    assert "could not write the reference cache" in out and "could not write the baseline cache" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "eval.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {"WANDB_MODE": "sometimes"}, "WANDB_MODE='sometimes'"),
+        (["--agent.kwargs", "{clip_range: wide}"], {}, "agent.kwargs"),
+        (["--output_dir", "{blocker}/runs"], {}, "is not a folder"),
+    ],
+    ids=["wandb-mode", "agent-kwargs-value", "output-dir-under-a-file"],
+)
+def test_setup_errors_come_before_the_run_folder(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch,
+                                                 args: list[str], env: dict[str, str], expected: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = [a.replace("{blocker}", str(blocker)) for a in args]
+    output_dir = tmp_path / "out"
+    code, _, err = _cli(capsys, "train", *TINY_ARGS, "--model.name", tiny_dir, "--output_dir", output_dir, *args)
+    assert code == 2
+    assert expected in _one_error_line(err)
+    assert not output_dir.exists()
+
+
+def test_concurrent_saves_to_one_path_never_share_a_temp_file(tmp_path: Path) -> None:
+    """The defect: two writers of best_model.zip used the same temp name."""
+    import threading
+
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3 import PPO
+
+    from polar_rl.agents.callbacks import save_model_atomic
+
+    class Toy(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = gym.spaces.Discrete(3)
+
+    model = PPO("MlpPolicy", Toy(), n_steps=8, batch_size=8, device="cpu")
+    target, errors = tmp_path / "best_model.zip", []
+
+    def save() -> None:
+        try:
+            for _ in range(5):
+                save_model_atomic(model, target)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert PPO.load(target, device="cpu").observation_space == model.observation_space
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model.zip"]

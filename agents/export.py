@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -49,7 +50,7 @@ OPSET = 18
 FORMATS = {"onnx": ("onnx",), "torchscript": ("torchscript",), "both": ("onnx", "torchscript")}
 PACKAGES = ("polar-rl", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "stable-baselines3",
             "sb3-contrib", "numpy")
-PARITY_ATOL = 1e-4
+PARITY_TOL = 1e-4  # float32 kernels differ between torch and onnxruntime at ~1e-6 relative
 
 
 class ActorLogits(nn.Module):
@@ -89,11 +90,17 @@ def _export_onnx(net: ActorLogits, dim: int, path: Path) -> None:
     import onnx
 
     example = (torch.zeros(2, dim),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
-                          dynamic_shapes={"obs": {0: torch.export.Dim("batch")}})
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" notes from the exporter
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, example, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes={"obs": {0: torch.export.Dim("batch")}})
+    finally:
+        quiet.setLevel(level)
     onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -116,10 +123,10 @@ def _check_parity(net: ActorLogits, folder: Path, formats: tuple[str, ...], dim:
         for fmt in formats:
             path = folder / FILES[fmt]
             got = OnnxPolicy(path)(obs) if fmt == "onnx" else TorchScriptPolicy(path)(obs)
-            err = float(np.abs(got - want).max())
-            if got.shape != want.shape or err > PARITY_ATOL:
+            if got.shape != want.shape or not np.allclose(got, want, rtol=PARITY_TOL, atol=PARITY_TOL):
+                err = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
                 raise ConfigError(f"{fmt} export does not reproduce the policy: shape {got.shape} vs {want.shape}, "
-                                  f"max |logit difference| {err:.3g} > {PARITY_ATOL}")
+                                  f"max |logit difference| {err:.3g} (tolerance {PARITY_TOL} absolute + relative)")
 
 
 def export_policy(model: Any, lm: LayerModel, env: EnvConfig, out: str | Path, formats: tuple[str, ...] = ("onnx",),

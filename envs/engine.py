@@ -125,6 +125,12 @@ class LockstepEngine:
         if bad:
             raise ValueError(f"always_execute blocks {bad} out of range 0..{self.num_blocks - 1}")
         self.always_execute = frozenset(cfg.always_execute)
+        forced = len(self.always_execute) * cfg.block_size / lm.num_layers
+        if cfg.max_compute_fraction is not None and forced > cfg.max_compute_fraction + 1e-9:
+            raise ValueError(
+                f"always_execute={sorted(self.always_execute)} forces {len(self.always_execute)} of {self.num_blocks} "
+                f"blocks (compute fraction {forced:.3f}), more than max_compute_fraction={cfg.max_compute_fraction}; "
+                f"raise the budget or execute fewer blocks")
         self.mask_rules = MaskRules(lm.num_layers, cfg.block_size, cfg.loop_runs, self.always_execute, cfg.max_loops,
                                     cfg.max_compute_fraction)
         self.obs_spec = ObservationSpec(lm.hidden_size, self.num_blocks, cfg.obs_pooled, cfg.obs_logit_lens)
@@ -280,6 +286,9 @@ class LockstepEngine:
         if ep.block >= self.num_blocks:
             raise RuntimeError("episodes are over; call reset()")
         acts = np.asarray(actions).reshape(-1)
+        if acts.dtype.kind not in "iu":  # 1.0, True or "1" are not actions: never silently converted
+            raise InvalidActionError(
+                f"actions must be ints (SKIP=0, EXECUTE=1, LOOP=2), got {actions!r} (dtype {acts.dtype})")
         if acts.shape[0] != self.n:
             raise InvalidActionError(f"expected {self.n} actions, got {acts.shape[0]}")
         masks = self.action_masks()

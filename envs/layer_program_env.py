@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from polar_rl.config import EnvConfig
-from polar_rl.envs.engine import NUM_ACTIONS, LockstepEngine, Reference
+from polar_rl.envs.engine import NUM_ACTIONS, InvalidActionError, LockstepEngine, Reference
 from polar_rl.models.adapter import LayerModel
 from polar_rl.program import Action
 from polar_rl.tasks.examples import Task
@@ -112,6 +113,11 @@ class LayerProgramEnv(gym.Env[np.ndarray, np.int64]):
         return obs[0], {"example_id": self.engine.ep.examples[0].id}  # type: ignore[union-attr]
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if isinstance(action, np.ndarray) and action.shape == ():
+            action = action[()]
+        if isinstance(action, bool | np.bool_) or not isinstance(action, numbers.Integral):
+            raise InvalidActionError(f"action must be an int (SKIP=0, EXECUTE=1, LOOP=2), got {action!r} "
+                                     f"({type(action).__name__})")
         obs, rewards, done, infos = self.engine.step([int(action)])
         return obs[0], float(rewards[0]), bool(done), False, infos[0]
 

@@ -10,9 +10,13 @@ different blocks; we reject it and name the divisors instead).
 from __future__ import annotations
 
 import json
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+import numpy as np
 
 
 class Action(IntEnum):
@@ -61,7 +65,20 @@ class Program:
     model_name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "runs", tuple(int(r) for r in self.runs))
+        if isinstance(self.runs, str | bytes) or not isinstance(self.runs, Iterable):
+            raise ProgramError(f"runs must be a sequence of ints, got {self.runs!r}")
+        runs = tuple(self.runs)
+        for b, r in enumerate(runs):  # exact ints only: 1.0, "1" and True are not run counts
+            if isinstance(r, bool | np.bool_) or not isinstance(r, numbers.Integral):
+                raise ProgramError(f"runs[{b}] must be an int run count, got {r!r} ({type(r).__name__})")
+        object.__setattr__(self, "runs", tuple(int(r) for r in runs))
+        for name in ("num_layers", "block_size", "loop_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+                raise ProgramError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, name, int(value))
+        if self.model_name is not None and not isinstance(self.model_name, str):
+            raise ProgramError(f"model_name must be a string or null, got {self.model_name!r}")
         num_blocks = check_block_size(self.num_layers, self.block_size)
         if not isinstance(self.loop_runs, int) or self.loop_runs < 2:
             raise ProgramError(f"loop_runs must be an int >= 2, got {self.loop_runs!r}")
@@ -150,13 +167,17 @@ class Program:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Program:
+        """The inverse of :meth:`to_dict`; every field must have exactly its type (no coercion)."""
         missing = {"runs", "num_layers"} - set(d)
         if missing:
             raise ProgramError(f"program JSON is missing {sorted(missing)}")
-        return cls(
-            tuple(d["runs"]), int(d["num_layers"]), int(d.get("block_size", 1)), int(d.get("loop_runs", 2)),
-            d.get("model_name"),
-        )
+        unknown = set(d) - {"runs", "num_layers", "block_size", "loop_runs", "model_name"}
+        if unknown:
+            raise ProgramError(f"program JSON has unknown fields {sorted(unknown)}")
+        if not isinstance(d["runs"], list | tuple):
+            raise ProgramError(f"program JSON field runs must be a list of ints, got {d['runs']!r}")
+        return cls(tuple(d["runs"]), d["num_layers"], d.get("block_size", 1), d.get("loop_runs", 2),
+                   d.get("model_name"))
 
     @classmethod
     def from_json(cls, text: str) -> Program:

@@ -31,8 +31,23 @@ class MCExample:
     gold: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.id, str):
+            raise TaskError(f"example id must be a string, got {self.id!r} ({type(self.id).__name__})")
+        if not isinstance(self.context, str):
+            raise TaskError(f"example {self.id!r}: context must be a string, got {self.context!r}")
+        if not self.context.strip():  # the first choice token would be predicted from nothing
+            raise TaskError(f"example {self.id!r}: empty context {self.context!r}; a question needs a context to score "
+                            f"its choices against")
+        if not isinstance(self.choices, tuple) or not all(isinstance(c, str) for c in self.choices):
+            raise TaskError(f"example {self.id!r}: choices must be a tuple of strings, got {self.choices!r}")
         if not self.choices:
             raise TaskError(f"example {self.id!r} has no choices")
+        if len(self.choices) < 2:  # one choice is always "right": nothing to score
+            raise TaskError(f"example {self.id!r} has only one choice {list(self.choices)}; multiple choice needs "
+                            f"at least 2")
+        if isinstance(self.gold, bool) or not isinstance(self.gold, int):
+            raise TaskError(f"example {self.id!r}: gold must be an int index, got {self.gold!r} "
+                            f"({type(self.gold).__name__})")
         if not 0 <= self.gold < len(self.choices):
             raise TaskError(f"example {self.id!r}: gold {self.gold} not in range(0, {len(self.choices)})")
 

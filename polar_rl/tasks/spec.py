@@ -231,6 +231,12 @@ def _load_rows(kind: str, location: str, config: str | None, split: str | None) 
             ds = datasets.load_dataset(
                 builder, data_files=location, split="train", download_mode="force_redownload", **kwargs
             )
+            if builder == "csv":  # every cell as written: no type guessing ("007" stays "007", "NA" stays "NA")
+                text = datasets.Features({c: datasets.Value("string") for c in ds.column_names})
+                ds = datasets.load_dataset(
+                    builder, data_files=location, split="train", download_mode="force_redownload", features=text,
+                    keep_default_na=False, na_filter=False, **kwargs,
+                )
     return tuple(ds.to_list())
 
 
@@ -298,17 +304,27 @@ def _check_column(rows: Sequence[Mapping[str, Any]], path: str, role: str, where
         raise TaskError(f"{where}: {role} column {path!r} not found; available columns: {sorted(rows[0])}")
 
 
-def _as_text(value: Any, what: str, where: str) -> str:
-    if value is None or isinstance(value, Mapping | list | tuple):
-        raise TaskError(f"{where}: {what} must be text, got {value!r}")
-    return value if isinstance(value, str) else str(value)
+def _as_text(value: Any, what: str, where: str, allow_int: bool = False) -> str:
+    """``value`` when it is a string (or, with ``allow_int``, an int: ids); anything else is an error
+    naming it, never converted (a float choice 0.10 would silently become "0.1")."""
+    if isinstance(value, str):
+        return value
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TaskError(f"{where}: {what} must be text{' or an int' if allow_int else ''}, got {value!r} "
+                    f"({type(value).__name__})")
 
 
 def _gold_index(value: Any, spec: MCSpec, raw_choices: Sequence[str], where: str) -> int:
     n = len(raw_choices)
     idx: int | None = None
+    if spec.gold_type in ("text", "letter") and not isinstance(value, str):
+        raise TaskError(f"{where}: gold of type {spec.gold_type} must be text, got {value!r} ({type(value).__name__})")
+    if spec.gold_type == "index" and not (isinstance(value, int) and not isinstance(value, bool)
+                                          or isinstance(value, str)):
+        raise TaskError(f"{where}: gold of type index must be an int, got {value!r} ({type(value).__name__})")
     if spec.gold_type == "text":
-        text = None if value is None else str(value)
+        text = value
         if text in raw_choices:
             idx = raw_choices.index(text)
         elif text is not None and text.strip() in [c.strip() for c in raw_choices]:
@@ -325,9 +341,7 @@ def _gold_index(value: Any, spec: MCSpec, raw_choices: Sequence[str], where: str
     else:  # index
         if isinstance(value, int) and not isinstance(value, bool):
             idx = value - spec.gold_offset
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            idx = int(value) - spec.gold_offset
-        elif isinstance(value, float) and value.is_integer():
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():  # CSV cells are text
             idx = int(value) - spec.gold_offset
     if idx is None or not 0 <= idx < n:
         raise TaskError(
@@ -355,7 +369,8 @@ def build_examples(spec: MCSpec, rows: Sequence[Mapping[str, Any]]) -> tuple[MCE
         raw_id = (
             str(i)
             if spec.id_column is None
-            else _as_text(_lookup(row, spec.id_column), "id", f"{where}, row {i}")
+            else _as_text(_lookup(row, spec.id_column), f"id column {spec.id_column!r}", f"{where}, row {i}",
+                          allow_int=True)
         )
         at = f"{where}, row {i} (id {raw_id!r})"
         if raw_id in seen:
@@ -369,7 +384,8 @@ def build_examples(spec: MCSpec, rows: Sequence[Mapping[str, Any]]) -> tuple[MCE
                 )
         else:
             listed = [_lookup(row, c) for c in spec.choice_columns]
-        raw_choices = [_as_text(c, f"choice {j}", at) for j, c in enumerate(listed)]
+        raw_choices = [_as_text(c, f"choice {j} (column {spec.choice_columns[0 if spec.choices_is_list else j]!r})",
+                                at) for j, c in enumerate(listed)]
         if not raw_choices:
             raise TaskError(f"{at}: no choices")
         try:

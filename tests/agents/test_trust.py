@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from polar_rl.agents.reference_store import ReferenceStore, reference_store
@@ -297,3 +298,106 @@ def test_concurrent_saves_to_one_path_never_share_a_temp_file(tmp_path: Path) ->
     assert errors == []
     assert PPO.load(target, device="cpu").observation_space == model.observation_space
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.zip"]
+
+
+# ---- 3. inputs that are coerced or contradictory ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"runs": [1, 1.0], "num_layers": 2}, "runs[1] must be an int run count, got 1.0"),
+        ({"runs": [1, "1"], "num_layers": 2}, "runs[1] must be an int run count, got '1'"),
+        ({"runs": [True, 1], "num_layers": 2}, "runs[0] must be an int run count, got True"),
+        ({"runs": [1, 1], "num_layers": "2"}, "num_layers must be an int, got '2'"),
+        ({"runs": [1, 1], "num_layers": 2.0}, "num_layers must be an int, got 2.0"),
+        ({"runs": [1, 1], "num_layers": 2, "block_size": 1.0}, "block_size must be an int, got 1.0"),
+        ({"runs": [1, 1], "num_layers": 2, "loop_runs": "2"}, "loop_runs must be an int, got '2'"),
+        ({"runs": "11", "num_layers": 2}, "runs must be a list of ints, got '11'"),
+        ({"runs": [1, 1], "num_layers": 2, "model_name": 5}, "model_name must be a string or null, got 5"),
+        ({"runs": [1, 1], "num_layers": 2, "loops": 2}, "unknown fields ['loops']"),
+    ],
+)
+def test_program_json_fields_are_never_coerced(data: dict, needle: str) -> None:
+    """The defect: 1.0, "1" and True were accepted as run counts and "30" as a layer count."""
+    import json
+
+    from polar_rl.program import Program, ProgramError
+
+    with pytest.raises(ProgramError) as err:
+        Program.from_json(json.dumps(data))
+    assert needle in str(err.value)
+    assert Program.from_runs(np.array([1, 0]), np.int64(2)).runs == (1, 0)  # numpy ints are ints
+
+
+@pytest.mark.parametrize("action", [1.0, True, "1", np.float32(1.0), np.bool_(True)])
+def test_env_actions_are_never_coerced(tiny_lm, action) -> None:
+    """The defect: the env ran EXECUTE for 1.7, 1.0, True and "1"."""
+    from polar_rl.envs import InvalidActionError, LayerProgramEnv
+
+    env = LayerProgramEnv(tiny_lm, _task(_examples()), config=EnvConfig(block_size=1))
+    env.reset(seed=0)
+    with pytest.raises(InvalidActionError, match="must be an int"):
+        env.step(action)
+    obs, *_ = env.step(1)  # a real action still works after the refusal
+    with pytest.raises(InvalidActionError, match="must be ints"):
+        env.engine.step([action])
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "spec_extra", "check"),
+    [
+        ("id,q,a,b,g\n007,Q1?,yes,no,A\n7,Q2?,yes,no,B\n", {}, lambda t: t.ids == ("s/007", "s/7")),
+        ("id,q,a,b,g\n1,Q1?,NA,None,A\n", {}, lambda t: t[0].choices == (" NA", " None")),
+        ("id,q,a,b,g\n1,Q1?,1.50,2.0,B\n", {}, lambda t: t[0].choices == (" 1.50", " 2.0")),
+    ],
+    ids=["leading-zero-ids", "na-strings", "decimal-choices"],
+)
+def test_csv_cells_are_read_as_written(tmp_path: Path, csv_text: str, spec_extra: dict, check) -> None:
+    """The defect: the CSV loader re-typed cells: id "007" became 7 (colliding with "7"), "NA"
+    became null and the choice "1.50" became 1.5."""
+    from polar_rl.tasks import load_task
+
+    (tmp_path / "s.csv").write_text(csv_text)
+    spec = {"name": "s", "source": {"path": str(tmp_path / "s.csv")}, "id_column": "id", "context": "{q}",
+            "choices": {"columns": ["a", "b"]}, "gold": {"column": "g", "type": "letter"}, **spec_extra}
+    assert check(load_task(spec, "all"))
+
+
+@pytest.mark.parametrize(
+    ("row", "gold_type", "needle"),
+    [
+        ({"q": "Q?", "opts": [0.1, 0.2], "g": 0}, "index", "choice 0 (column 'opts') must be text, got 0.1 (float)"),
+        ({"q": "Q?", "opts": ["a", "b"], "g": 1.0}, "index", "gold of type index must be an int, got 1.0"),
+        ({"q": "Q?", "opts": ["a", "b"], "g": True}, "index", "gold of type index must be an int, got True"),
+        ({"q": "Q?", "opts": ["a", "b"], "g": 1}, "letter", "gold of type letter must be text, got 1 (int)"),
+        ({"q": "Q?", "opts": ["a", "b"], "g": 0, "id": 1.5}, "index", "id column 'id' must be text or an int, got 1.5"),
+        ({"q": "Q?", "opts": ["only"], "g": 0}, "index", "has only one choice ['only']"),
+        ({"q": "  ", "opts": ["a", "b"], "g": 0}, "index", "empty context"),
+    ],
+    ids=["float-choice", "float-gold", "bool-gold", "int-letter", "float-id", "one-choice", "empty-context"],
+)
+def test_json_values_of_the_wrong_type_or_degenerate_rows_are_rejected(tmp_path: Path, row: dict, gold_type: str,
+                                                                        needle: str) -> None:
+    import json
+
+    from polar_rl.tasks import TaskError, load_task
+
+    (tmp_path / "s.jsonl").write_text(json.dumps(row) + "\n")
+    spec = {"name": "s", "source": {"path": str(tmp_path / "s.jsonl")}, "context": "{q}",
+            "choices": {"column": "opts"}, "gold": {"column": "g", "type": gold_type}, "choice_prefix": ""}
+    if "id" in row:
+        spec["id_column"] = "id"
+    with pytest.raises(TaskError) as err:
+        load_task(spec, "all")
+    assert needle in str(err.value)
+
+
+def test_contradictory_budget_is_refused_up_front(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    """The defect: always_execute of 3 of 4 blocks with max_compute_fraction 0.5 ran at compute 1.0."""
+    code, _, err = _cli(capsys, "train", *TINY_ARGS, "--model.name", tiny_dir, "--output_dir", tmp_path / "out",
+                        "--env.always_execute", "[0, 1, 2]", "--env.max_compute_fraction", "0.5")
+    assert code == 2
+    line = _one_error_line(err)
+    assert "always_execute=[0, 1, 2] forces 3 of 4 blocks" in line and "max_compute_fraction=0.5" in line
+    assert not (tmp_path / "out").exists()

@@ -431,9 +431,4 @@ def length_buckets(lengths: torch.Tensor, rows: list[int], slack: float = PAD_SL
 
 def _narrow(inputs: LayerInputs, width: int) -> LayerInputs:
     """Crop layer inputs to the first ``width`` tokens (rows shorter than the padded batch)."""
-    pe = inputs.position_embeddings
-    return LayerInputs(
-        mask=None if inputs.mask is None else inputs.mask[..., :width, :width],
-        position_ids=inputs.position_ids[:, :width],
-        position_embeddings=None if pe is None else (pe[0][:, :width], pe[1][:, :width]),
-    )
+    return inputs.narrow(width)

@@ -53,7 +53,7 @@ def load_lm(cfg: Config) -> LayerModel:
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("model.device='mps': MPS is not available here (use cpu)")
     try:
-        return load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        return load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, check=cfg.model.check)
     except ValueError as e:
         raise ConfigError(f"model.name={cfg.model.name!r}: {e}") from None
 

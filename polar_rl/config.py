@@ -318,6 +318,8 @@ class ModelConfig(_Section):
     name: str = _opt("smollm2-135m", "the LLM: embedded default 'smollm2-135m', a hub id, or a local directory")
     device: str = _opt("cpu", "torch device for the LLM: cpu, cuda, cuda:N or mps")
     dtype: str = _opt("float32", "dtype of the LLM weights and activations: float32, bfloat16 or float16")
+    check: bool = _opt(True, "check a model family polar-rl has not tested against its stock forward on load "
+                             "(false: skip, for very large models)")
 
     def _check(self) -> None:
         self._non_empty("name")

@@ -104,3 +104,61 @@ def test_embedded_model_cached_generation_under_loops_and_skips(real_model):
     d, ld = lm64.generate(ids, program, max_new_tokens=6, use_cache=False, return_logits=True)
     assert torch.equal(c, d) and torch.equal(c, a)
     torch.testing.assert_close(lc, ld, atol=1e-4, rtol=0)
+
+
+# ---- model coverage: attention choice, self-check, bad input (issue 11) -------------------------
+
+
+def _save_tiny_tokenizer(path) -> None:
+    """A word-level tokenizer beside a tiny model, so the folder loads like a real one."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 97)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
+
+
+def test_gemma2_loads_with_eager_attention(tmp_path):
+    """Gemma-2 has no SDPA support (soft-capping): the loader picks eager instead of failing."""
+    from tests.conftest import tiny_hf_model
+
+    tiny_hf_model("gemma2", 2).save_pretrained(tmp_path)
+    _save_tiny_tokenizer(tmp_path)
+    lm = load_model(str(tmp_path))
+    assert lm.attn_implementation == "eager" and lm.layer_types == ("sliding_attention", "full_attention")
+    ids = torch.randint(3, 97, (2, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(lm.logits(ids), lm.model(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_sdpa_is_chosen_where_supported(tmp_path):
+    from tests.conftest import tiny_hf_model
+
+    tiny_hf_model("mistral", 2).save_pretrained(tmp_path)
+    _save_tiny_tokenizer(tmp_path)
+    assert load_model(str(tmp_path)).attn_implementation == "sdpa"
+
+
+def test_encoder_decoder_is_refused_before_loading_weights(tmp_path):
+    from transformers import T5Config
+
+    from polar_rl.models.adapter import AdapterError
+
+    T5Config(vocab_size=97, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8).save_pretrained(tmp_path)
+    # no weights in the folder: the error must come from the config alone
+    with pytest.raises(AdapterError, match=r"is an encoder-decoder model \(T5Config \(model_type 't5'\)\)"):
+        load_model(str(tmp_path))
+
+
+def test_unknown_family_is_checked_on_load_unless_told_not_to(tmp_path):
+    """Bloom is not a known family: load_model runs the self-check (and refuses it); check=False skips it."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from polar_rl.models.adapter import AdapterError
+
+    BloomForCausalLM(BloomConfig(vocab_size=97, hidden_size=16, n_layer=2, n_head=4)).save_pretrained(tmp_path)
+    _save_tiny_tokenizer(tmp_path)
+    with pytest.raises(AdapterError, match="BloomForCausalLM .*first difference at the embeddings"):
+        load_model(str(tmp_path))
+    assert load_model(str(tmp_path), check=False).num_layers == 2

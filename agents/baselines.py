@@ -277,6 +277,18 @@ def search_static_programs(
 # ---- the disk cache ------------------------------------------------------------------------------
 
 
+def examples_digest(examples: Sequence[MCExample]) -> str:
+    """Hash of a search set: each example's id and content (context, choices, gold) and the scoring rule."""
+    import hashlib
+
+    from polar_rl.agents.reference_store import example_hash
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.id}:{example_hash(ex)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class BaselineStore:
     """One cached search: model hash (+ dtype), task, split, search size, block size and settings."""
 
@@ -287,6 +299,10 @@ class BaselineStore:
         name = f"{model_key}__{slug(task)}__{slug(split)}__n{n}__b{block_size}__c{min_compute:g}__m{greedy_candidates}"
         self.path = folder / f"{name}.json"
         self.model_hash = model_hash
+
+    def expect(self, examples: Sequence[MCExample], device: str) -> None:
+        """Reuse a cached search only if it ran on these examples (content, not just names) and this device kind."""
+        self.identity = {"examples_sha256": examples_digest(examples), "device": device.split(":")[0]}
 
     def load(self) -> StaticBaselines | None:
         if not self.path.is_file():
@@ -300,9 +316,16 @@ class BaselineStore:
             print(f"warning: baseline cache {self.path} is for model {found.model_hash}, not {self.model_hash}; "
                   f"searching again")
             return None
+        identity = getattr(self, "identity", {})
+        stored = {key: found.settings.get(key) for key in identity}
+        if stored != identity:  # edited data under the same task name, or another device: stale
+            print(f"warning: baseline cache {self.path} was searched on other data or another device "
+                  f"({stored} vs {identity}); searching again")
+            return None
         return found
 
     def save(self, found: StaticBaselines) -> None:
+        found.settings.update(getattr(self, "identity", {}))
         try:
             write_json_atomic(self.path, found.to_dict())
         except OSError as e:  # an optional cache never costs a run
@@ -319,6 +342,7 @@ def load_or_search(lm: LayerModel, cfg: Any, split: str | None = None, limit: in
     task = load_split(cfg, split, limit)
     store = BaselineStore(lm.model_hash, task.name, split, len(task), cfg.env.block_size,
                           cfg.baselines.min_compute, cfg.baselines.greedy_candidates, cfg.model.dtype)
+    store.expect(task.examples, lm.device.type)  # type: ignore[arg-type]
     found = store.load()
     if found is not None:
         return found

@@ -105,6 +105,27 @@ def test_reference_cache_that_cannot_be_written_warns(cache: Path, capsys, monke
     assert out.count("warning: could not write the reference cache") == 2 and "Permission denied" in out
 
 
+def test_baseline_cache_is_keyed_by_the_search_set_content(tiny_lm, cache: Path, capsys) -> None:
+    """The same stale-data defect in the static-program search cache: it was keyed by task name and size."""
+    from polar_rl.agents.baselines import BaselineStore, search_static_programs
+
+    examples = _examples()
+    found = search_static_programs(tiny_lm, examples, task="toy", split="test", block_size=1)
+
+    def store(exs: list[MCExample], device: str = "cpu") -> BaselineStore:
+        s = BaselineStore(tiny_lm.model_hash, "toy", "test", len(exs), 1, 0.6, 4, root=cache)
+        s.expect(exs, device)
+        return s
+
+    store(examples).save(found)
+    assert store(examples).load() == found
+    edited = [*examples[:3], dataclasses.replace(examples[3], gold=1)]
+    assert store(edited).load() is None
+    assert "searched on other data or another device" in capsys.readouterr().out
+    assert store(examples, "cuda:0").load() is None
+    assert store(examples).load() == found
+
+
 # ---- 2. runs that can be lost -------------------------------------------------------------------
 
 TINY_ARGS = ["--config", "configs/smoke.yaml", "--task.name", str(EXAMPLE_SPEC), "--env.block_size", "1",

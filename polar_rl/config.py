@@ -344,6 +344,10 @@ class TaskConfig(_Section):
     def _check(self) -> None:
         self._non_empty("name", "train_split", "eval_split", "test_split")
         self._positive("eval_limit", "test_limit")
+        for other in ("train_split", "eval_split"):  # picking on the split you report is test-set leakage
+            if getattr(self, other) == self.test_split:
+                raise ConfigError(f"task.{other} and task.test_split are both {self.test_split!r}: the test split must "
+                                  f"stay unseen until the final evaluation; choose another split")
 
 
 @dataclass(kw_only=True)

@@ -422,3 +422,13 @@ def test_contradictory_budget_is_refused_up_front(tiny_dir: Path, tmp_path: Path
     line = _one_error_line(err)
     assert "always_execute=[0, 1, 2] forces 3 of 4 blocks" in line and "max_compute_fraction=0.5" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key", ["train_split", "eval_split"])
+def test_selecting_on_the_test_split_is_refused(tmp_path: Path, capsys, key: str) -> None:
+    """Contradictory settings: a best checkpoint picked on the split that is reported."""
+    code, _, err = _cli(capsys, "train", "--output_dir", tmp_path / "out", f"--task.{key}", "test")
+    assert code == 2
+    line = _one_error_line(err)
+    assert f"task.{key} and task.test_split are both 'test'" in line
+    assert not (tmp_path / "out").exists()

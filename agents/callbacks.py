@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from polar_rl.agents.run_dir import atomic_open, checkpoint_paths
+from polar_rl.agents.run_dir import atomic_open, checkpoint_paths, write_json_atomic
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import rollout, sb3_policy
 from polar_rl.metrics import method_summary, score
 
+#: beside best_model.zip: which metric, its value and the step (a resume reads the best so far from it)
+BEST_INFO = "best_model.json"
 #: the keys ProgramEvalCallback logs (``training.best_metric`` must be one of them)
 EVAL_KEYS: tuple[str, ...] = (
     "eval/accuracy",
@@ -118,6 +120,8 @@ class ProgramEvalCallback(BaseCallback):
         if metrics[self.best_metric] > self.best:
             self.best = metrics[self.best_metric]
             save_model_atomic(self.model, self.run_dir / "best_model.zip")
+            write_json_atomic(self.run_dir / BEST_INFO, {"metric": self.best_metric, "value": self.best,
+                                                         "step": int(self.num_timesteps)})
             if self.verbose:
                 print(f"new best {self.best_metric} = {self.best:.4f} at {self.num_timesteps} steps")
         self.last_metrics = metrics

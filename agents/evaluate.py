@@ -24,7 +24,7 @@ import numpy as np
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import reference_store
-from polar_rl.agents.run_dir import EVAL_FILE, slug, write_json_atomic, write_jsonl_atomic
+from polar_rl.agents.run_dir import EVAL_FILE, check_writable, slug, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig, load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
@@ -400,6 +400,7 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    check_writable(run_dir, "run folder")  # results go there: fail before the work, not after
     cfg = load_config(run_dir / "config.yaml")
     if limit is None:
         limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)

@@ -8,7 +8,7 @@ A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``
     seed.txt           the seed
     checkpoints/       rl_model_<steps>_steps.zip + rl_model_rng_<steps>_steps.pkl (RNG states)
     metrics.jsonl      one JSON line per SB3 log dump (rollout summaries and evaluations)
-    best_model.zip     best policy on ``training.best_metric``
+    best_model.zip     best policy on ``training.best_metric`` (best_model.json: its score and step)
     model.zip          final policy
     eval_records.jsonl per-example results of the final evaluation
     eval.json          final evaluation, written last: a run without it is not complete

@@ -30,6 +30,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from polar_rl.agents.algorithms import DamagedModelError, check_algorithm, load_algorithm, make_algorithm
 from polar_rl.agents.callbacks import (
+    BEST_INFO,
     EVAL_KEYS,
     CheckpointWithRngCallback,
     EpisodeMetricsCallback,
@@ -141,8 +142,9 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
             model, steps = load_resumable(run_dir, cfg, env, venv)
             append_command(run_dir, argv)
             save_resumed_config(cfg, run_dir, steps)
-            best = max((m[cfg.training.best_metric] for m in read_metrics(run_dir)
-                        if m.get(cfg.training.best_metric) is not None), default=float("-inf"))
+            best = max([m[cfg.training.best_metric] for m in read_metrics(run_dir)
+                        if m.get(cfg.training.best_metric) is not None] + [best_recorded(run_dir, cfg)],
+                       default=float("-inf"))
             dropped = truncate_metrics(run_dir, steps)
             if dropped:
                 print(f"metrics.jsonl: dropped {dropped} lines logged after step {steps} (the steps are run again)")
@@ -179,6 +181,20 @@ def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEn
         return model, steps
     latest_checkpoint(run_dir)  # no checkpoint at all: its own error
     raise ConfigError(f"cannot resume {run_dir}: every checkpoint is damaged ({'; '.join(problems)})")
+
+
+def best_recorded(run_dir: Path, cfg: Config) -> float:
+    """The score of best_model.zip as recorded beside it (it may come from steps a resume re-runs,
+    whose lines metrics.jsonl no longer holds); -inf when absent or for another metric."""
+    import json
+
+    try:
+        info = json.loads((run_dir / BEST_INFO).read_text())
+        if (run_dir / "best_model.zip").is_file() and info["metric"] == cfg.training.best_metric:
+            return float(info["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return float("-inf")
 
 
 def save_resumed_config(cfg: Config, run_dir: Path, steps: int) -> None:
@@ -234,7 +250,13 @@ def final_evaluation(lm: Any, cfg: Config, model: Any, task: Any, run_dir: Path)
     import shlex
 
     best = run_dir / "best_model.zip"
-    policy = load_algorithm(cfg.agent.algo, best) if best.is_file() else model
+    policy = model
+    if best.is_file():
+        try:
+            policy = load_algorithm(cfg.agent.algo, best)
+        except DamagedModelError as e:  # never lose a finished run to a damaged side file
+            print(f"warning: {e}; evaluating the final model instead")
+            best = run_dir / "model.zip"
     tau = threshold_for_target(lm, cfg, policy, cfg.training.target_compute)
     return evaluate_and_report(
         lm, cfg, policy, task, run_dir, show_progress=cfg.training.progress_bar, skip_threshold=tau,

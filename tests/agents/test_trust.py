@@ -432,3 +432,19 @@ def test_selecting_on_the_test_split_is_refused(tmp_path: Path, capsys, key: str
     line = _one_error_line(err)
     assert f"task.{key} and task.test_split are both 'test'" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_keeps_the_recorded_best_and_survives_a_damaged_best_model(killed_run: Path, capsys) -> None:
+    """best_model.json records the score of best_model.zip (a resume's truncation can drop its metrics line);
+    a damaged best_model.zip at the end costs a warning, not the finished run."""
+    import json
+
+    info = json.loads((killed_run / "best_model.json").read_text())
+    assert info["metric"] == "eval/score" and info["step"] in (64, 128, 192)
+    (killed_run / "best_model.json").write_text(json.dumps({**info, "value": 99.0}))  # nothing will beat it
+    (killed_run / "best_model.zip").write_bytes(b"PK\x03\x04 damaged")
+    code, out, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 0, err
+    assert (killed_run / "best_model.zip").read_bytes() == b"PK\x03\x04 damaged"  # not replaced by a worse one
+    assert "evaluating the final model instead" in out
+    assert json.loads((killed_run / "eval.json").read_text())["policy_checkpoint"] == "model.zip"

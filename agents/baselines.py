@@ -8,8 +8,9 @@ Four families, each a program per k = number of skipped blocks (k = 1..K, K down
 
 - ``bi``: ShortGPT Block Influence, 1 - cos(input, output) of each block over the real tokens of the
   search set; skip the k least influential blocks.
-- ``skip_rank``: skip each block alone, rank by the loss of the task term (mean gold probability over
-  the choices); skip the k cheapest.
+- ``skip_rank``: skip each block alone, rank by the loss of the search objective (``baselines.objective``:
+  mean gold probability over the choices, or the gold margin / log-prob of the environment's task
+  terms); skip the k cheapest.
 - ``greedy``: iterative removal. Starting from the full program, remove the block whose removal costs
   least given those already removed. Candidates share the prefix up to the removed block: the states
   before every block of the current program are kept, so a candidate runs only the blocks after it.
@@ -37,7 +38,7 @@ import torch
 
 from polar_rl.agents.run_dir import slug, write_json_atomic
 from polar_rl.config import BASELINE_FAMILIES as FAMILIES
-from polar_rl.envs.engine import choice_gold_logprob
+from polar_rl.envs.engine import choice_gold_logprob, task_term
 from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.models.loading import cache_root
 from polar_rl.tasks.examples import MCExample
@@ -62,7 +63,7 @@ class StaticBaselines:
     num_layers: int
     block_size: int
     max_k: int
-    full_objective: float  # mean gold probability of the full model on the search set
+    full_objective: float  # mean search objective of the full model on the search set
     full_accuracy: float
     block_influence: list[float]  # per block, higher = more influential
     skip_alone: list[float]  # per block, objective loss when skipped alone
@@ -73,6 +74,7 @@ class StaticBaselines:
     search_layer_calls_no_cache: int = 0  # the same programs each run from the embedding
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    objective: str = "gold_prob"  # the task term the search keeps high (see envs.engine.task_term)
 
     @property
     def num_blocks(self) -> int:
@@ -127,13 +129,16 @@ class _Chunk:
 
 
 class ProgramScorer:
-    """Runs block sequences over a fixed set of questions (packed, length-sorted chunks) and scores them.
+    """Runs block sequences over a fixed set of questions (packed, length-sorted chunks) and scores them
+    by ``objective`` (a task term of the environment: gold_prob, margin or gold_logprob).
 
     ``layer_calls`` counts question x layer calls actually run.
     """
 
-    def __init__(self, lm: LayerModel, examples: Sequence[MCExample], block_size: int = 1, chunk_size: int = 16):
-        self.lm, self.block_size = lm, block_size
+    def __init__(self, lm: LayerModel, examples: Sequence[MCExample], block_size: int = 1, chunk_size: int = 16,
+                 objective: str = "gold_prob"):
+        task_term(objective, torch.zeros(0), torch.zeros(0), torch.zeros(0))  # unknown names fail here
+        self.lm, self.block_size, self.objective = lm, block_size, objective
         self.num_blocks = lm.num_layers // block_size
         order = sorted(examples, key=lambda ex: len(ex.context) + sum(len(c) for c in ex.choices))
         self.chunks: list[_Chunk] = []
@@ -156,9 +161,10 @@ class ProgramScorer:
 
     @torch.inference_mode()
     def score(self, chunk: _Chunk, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) gold probability over the choices and (B,) correct."""
+        """(B,) objective and (B,) correct."""
         scores = choice_scores(self.lm, chunk.batch, self.lm.norm(hidden))
-        return choice_gold_logprob(scores).exp(), scores.correct
+        correct = scores.correct
+        return task_term(self.objective, correct, scores.margin, choice_gold_logprob(scores)), correct
 
     def states(self, skipped: set[int]) -> list[list[torch.Tensor]]:
         """Per chunk, the hidden state before each block 0..B-1 and after the last (B + 1 states)."""
@@ -175,7 +181,7 @@ class ProgramScorer:
     def evaluate_from(
         self, states: list[list[torch.Tensor]], start: int, blocks: Sequence[int], keep: bool = False
     ) -> tuple[float, float, list[list[torch.Tensor]] | None]:
-        """Mean (gold prob, accuracy) of: the state before block ``start``, then ``blocks`` (ascending,
+        """Mean (objective, accuracy) of: the state before block ``start``, then ``blocks`` (ascending,
         all > ``start``; ``start`` itself is skipped). With ``keep``, also the new program's states."""
         prob = acc = 0.0
         kept: list[list[torch.Tensor]] | None = [] if keep else None
@@ -217,13 +223,14 @@ def search_static_programs(
     block_size: int = 1,
     min_compute: float = 0.6,
     greedy_candidates: int = 4,
+    objective: str = "gold_prob",
     progress: Callable[[str], None] | None = None,
 ) -> StaticBaselines:
-    """Run the BI, single-skip and greedy searches on ``examples``."""
+    """Run the BI, single-skip and greedy searches on ``examples``, keeping ``objective`` high."""
     if len(examples) == 0:
         raise ValueError(f"{task} split {split!r} has no examples to search static programs on")
     start_time = time.perf_counter()
-    scorer = ProgramScorer(lm, examples, block_size)
+    scorer = ProgramScorer(lm, examples, block_size, objective=objective)
     B = scorer.num_blocks
     K = max_skips(B, min_compute)
     say = progress or (lambda msg: None)
@@ -261,7 +268,7 @@ def search_static_programs(
         order.append(best)
         objectives.append(current_obj)
         accuracies.append(acc)
-        say(f"greedy k={step + 1}: skip {sorted(skipped)} gold prob {current_obj:.4f} acc {acc:.3f}")
+        say(f"greedy k={step + 1}: skip {sorted(skipped)} {objective} {current_obj:.4f} acc {acc:.3f}")
         states = best_states  # type: ignore[assignment]
 
     return StaticBaselines(
@@ -270,7 +277,7 @@ def search_static_programs(
         skip_alone=skip_alone, greedy_order=order, greedy_objective=objectives, greedy_accuracy=accuracies,
         search_layer_calls=scorer.layer_calls, search_layer_calls_no_cache=no_cache,
         seconds=time.perf_counter() - start_time,
-        settings={"min_compute": min_compute, "greedy_candidates": greedy_candidates},
+        settings={"min_compute": min_compute, "greedy_candidates": greedy_candidates}, objective=objective,
     )
 
 
@@ -293,10 +300,13 @@ class BaselineStore:
     """One cached search: model hash (+ dtype), task, split, search size, block size and settings."""
 
     def __init__(self, model_hash: str, task: str, split: str, n: int, block_size: int, min_compute: float,
-                 greedy_candidates: int, dtype: str = "float32", root: Path | None = None) -> None:
+                 greedy_candidates: int, dtype: str = "float32", root: Path | None = None,
+                 objective: str = "gold_prob") -> None:
         model_key = model_hash if dtype == "float32" else f"{model_hash}-{dtype}"
         folder = (root if root is not None else cache_root()) / "baselines"
         name = f"{model_key}__{slug(task)}__{slug(split)}__n{n}__b{block_size}__c{min_compute:g}__m{greedy_candidates}"
+        if objective != "gold_prob":  # the original searches kept their names
+            name += f"__{slug(objective)}"
         self.path = folder / f"{name}.json"
         self.model_hash = model_hash
 
@@ -341,7 +351,8 @@ def load_or_search(lm: LayerModel, cfg: Any, split: str | None = None, limit: in
     limit = cfg.baselines.search_limit if limit is None else limit
     task = load_split(cfg, split, limit)
     store = BaselineStore(lm.model_hash, task.name, split, len(task), cfg.env.block_size,
-                          cfg.baselines.min_compute, cfg.baselines.greedy_candidates, cfg.model.dtype)
+                          cfg.baselines.min_compute, cfg.baselines.greedy_candidates, cfg.model.dtype,
+                          objective=cfg.baselines.objective)
     store.expect(task.examples, lm.device.type)  # type: ignore[arg-type]
     found = store.load()
     if found is not None:
@@ -351,7 +362,7 @@ def load_or_search(lm: LayerModel, cfg: Any, split: str | None = None, limit: in
     found = search_static_programs(
         lm, task.examples, task=task.name, split=split, block_size=cfg.env.block_size,  # type: ignore[arg-type]
         min_compute=cfg.baselines.min_compute, greedy_candidates=cfg.baselines.greedy_candidates,
-        progress=print if show_progress else None,
+        objective=cfg.baselines.objective, progress=print if show_progress else None,
     )
     store.save(found)
     return found
@@ -363,9 +374,9 @@ def print_baselines(found: StaticBaselines) -> None:
     from rich.table import Table
 
     table = Table(title=f"static programs searched on {found.task}/{found.split} (n={found.n_examples}); "
-                        f"full model: gold prob {found.full_objective:.3f}, accuracy {found.full_accuracy:.3f}",
+                        f"full model: {found.objective} {found.full_objective:.3f}, accuracy {found.full_accuracy:.3f}",
                   box=box.SIMPLE_HEAD)
-    for col in ("k", "compute", "bi skips", "skip_rank skips", "greedy skips", "greedy gold prob", "greedy acc"):
+    for col in ("k", "compute", "bi skips", "skip_rank skips", "greedy skips", f"greedy {found.objective}", "greedy acc"):
         table.add_column(col, justify="right")
     for k in range(1, found.max_k + 1):
         table.add_row(

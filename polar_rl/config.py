@@ -64,6 +64,7 @@ REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "gold_prob", "correct
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 TRACKING_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 BASELINE_FAMILIES: tuple[str, ...] = ("bi", "skip_rank", "greedy", "random")
+SEARCH_OBJECTIVES: tuple[str, ...] = ("gold_prob", "margin", "gold_logprob")  # task terms a static search maximises
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # spellings wandb itself accepts
 _DEVICE_RE = re.compile(r"^(?:cpu|mps|cuda(?::\d+)?)$")
 
@@ -517,6 +518,8 @@ class BaselinesConfig(_Section):
         ["bi", "skip_rank", "greedy", "random"], "static baseline families evaluated beside the policy"
     )
     search_limit: int | None = _opt(96, "train questions the search uses (null: all)")
+    objective: str = _opt("gold_prob", "what the search keeps high: gold_prob (mean gold probability over the "
+                                       "choices), margin (gold log-prob minus the best other) or gold_logprob")
     min_compute: float = _opt(0.6, "static programs skip blocks down to this compute fraction (k = 1..K)")
     greedy_candidates: int = _opt(4, "greedy re-scores the m cheapest candidates of its previous step (0: all)")
     neighbours: int = _opt(1, "also evaluate k +- this many around the policy's matched k")
@@ -528,6 +531,7 @@ class BaselinesConfig(_Section):
                 raise ConfigError(f"baselines.families[{i}]: unknown family {family!r}; choose from "
                                   f"{', '.join(BASELINE_FAMILIES)}")
         self._positive("search_limit")
+        self._one_of("objective", SEARCH_OBJECTIVES)
         self._non_negative("greedy_candidates", "neighbours", "random_seeds")
         if not 0 < self.min_compute < 1:
             raise self._fail("min_compute", "in (0, 1)", self.min_compute)

@@ -146,3 +146,31 @@ def test_rollout_programs_equals_one_rollout_per_program(real_model, search_set)
         assert [r["correct"] for r in got[name]] == [r["correct"] for r in want]
         assert np.allclose([r["margin"] for r in got[name]], [r["margin"] for r in want], atol=1e-4)
         assert {r["layer_calls"] for r in got[name]} == {5 * sum(runs)}
+
+
+@pytest.mark.real
+def test_margin_objective_search_equals_direct_scoring(real_model, search_set, tmp_path: Path) -> None:
+    found = search_static_programs(real_model, search_set.examples, task="arc_easy", split="train", block_size=5,
+                                   min_compute=0.7, greedy_candidates=0, objective="margin")
+    assert found.objective == "margin" and found.max_k == 1
+
+    def margin(runs: list[int]) -> float:
+        scores = score_packed(real_model, search_set.examples, Program.from_runs(runs, real_model.num_layers,
+                                                                                  block_size=5))
+        return float(scores.margin.clamp(-10, 10).mean())
+
+    assert found.full_objective == pytest.approx(margin([1] * 6), abs=1e-4)
+    for b in range(6):
+        runs = [0 if x == b else 1 for x in range(6)]
+        assert found.full_objective - found.skip_alone[b] == pytest.approx(margin(runs), abs=1e-4), b
+    # the objective is part of the cache key: a margin search never answers for a gold_prob one
+    margin_store = BaselineStore(found.model_hash, "arc_easy", "train", 6, 5, 0.7, 0, root=tmp_path,
+                                 objective="margin")
+    prob_store = BaselineStore(found.model_hash, "arc_easy", "train", 6, 5, 0.7, 0, root=tmp_path)
+    assert margin_store.path != prob_store.path
+    margin_store.save(found)
+    assert margin_store.load() == found and prob_store.load() is None
+    with pytest.raises(ValueError, match="unknown reward mode 'accuracy'"):
+        search_static_programs(real_model, search_set.examples, task="arc_easy", split="train", objective="accuracy")
+    with pytest.raises(ConfigError, match="baselines.objective"):
+        Config.from_dict({"baselines": {"objective": "accuracy"}})

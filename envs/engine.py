@@ -143,19 +143,29 @@ class LockstepEngine:
         self.nonfinite_count = 0
         self.layer_seconds = 0.0  # wall time inside layer calls (for the layer_time_share benchmark)
         self.ep: _Episodes | None = None
+        self._before_draw: dict[str, Any] | None = None  # sampler state before the current episodes' draw
 
     # ---- example order --------------------------------------------------------------------
     def seed(self, seed: int | None | np.random.Generator) -> None:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        self._order, self._cursor = np.arange(0), 0
+        self._order, self._cursor, self._before_draw = np.arange(0), 0, None
 
     def sampler_state(self) -> dict[str, Any]:
-        """Where the example order stands (for checkpoints): RNG state, order, cursor."""
+        """Where the example order stands (for checkpoints): RNG state, order, cursor.
+
+        Episodes drawn but not stepped yet (the auto-reset at the end of a rollout) are drawn again
+        by the ``reset`` after a restore, so for them this is the state from before their draw: a
+        run resumed at a rollout boundary sees the same examples as the uninterrupted run."""
+        if self.ep is not None and self.ep.block == 0 and self._before_draw is not None:
+            return self._before_draw
+        return self._current_sampler_state()
+
+    def _current_sampler_state(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "order": self._order.copy(), "cursor": self._cursor}
 
     def load_sampler_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
-        self._order, self._cursor = np.asarray(state["order"]), int(state["cursor"])
+        self._order, self._cursor, self._before_draw = np.asarray(state["order"]), int(state["cursor"]), None
 
     def _draw(self) -> list[MCExample]:
         size = len(self.task)
@@ -175,6 +185,7 @@ class LockstepEngine:
     @torch.inference_mode()
     def reset(self, examples: list[MCExample] | None = None) -> np.ndarray:
         """Start N new episodes (the next examples, or the given ones). Returns (N, D) observations."""
+        self._before_draw = self._current_sampler_state() if examples is None else None
         examples = self._draw() if examples is None else list(examples)
         if len(examples) != self.n:
             raise ValueError(f"reset got {len(examples)} examples for {self.n} envs")

@@ -448,3 +448,18 @@ def test_resume_keeps_the_recorded_best_and_survives_a_damaged_best_model(killed
     assert (killed_run / "best_model.zip").read_bytes() == b"PK\x03\x04 damaged"  # not replaced by a worse one
     assert "evaluating the final model instead" in out
     assert json.loads((killed_run / "eval.json").read_text())["policy_checkpoint"] == "model.zip"
+
+
+def test_resumed_run_ends_with_the_uninterrupted_model(killed_run: Path, finished_run: Path, capsys) -> None:
+    """A run killed after its checkpoint at 128 steps and resumed ends with the same policy as the
+    uninterrupted run of the same seed (episodes end on rollout boundaries here: 4 blocks, 16 steps)."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    code, _, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 0, err
+    resumed = MaskablePPO.load(killed_run / "model.zip", device="cpu").policy.state_dict()
+    straight = MaskablePPO.load(finished_run / "model.zip", device="cpu").policy.state_dict()
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)

@@ -517,6 +517,7 @@ class LayerModel:
         eos_token_id: int | Sequence[int] | None = None,
         use_cache: bool = True,
         return_logits: bool = False,
+        prefilled: tuple[ProgramCache, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding under a program. (B, T) -> (B, T + n).
 
@@ -524,6 +525,9 @@ class LayerModel:
         (layer, repeat) keeps its own KV slot and positions come from the token count, never from a
         layer's cache length; ``use_cache=False`` recomputes the whole sequence each step (the
         reference the cached path must equal). Rows that produced EOS keep emitting the pad token.
+        ``prefilled``: (cache, (B, V) logits at the prompt's last token) of a prefill done elsewhere
+        (the serving runtime decides the program block by block during its prefill); decoding
+        continues from it instead of running the prompt again.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -533,10 +537,18 @@ class LayerModel:
         eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         cache = ProgramCache(len(calls)) if use_cache else None
+        if prefilled is not None:
+            cache, first = prefilled
+            if not use_cache or cache.num_slots != len(calls):
+                raise ValueError(f"a prefilled cache needs use_cache and one slot per layer call ({len(calls)}), "
+                                 f"got {cache.num_slots} slots")
         step_logits: list[torch.Tensor] = []
         new_ids = ids  # what is fed this step (the whole prompt first, then one token)
-        for _ in range(max_new_tokens):
-            last = self._forward_step(ids if cache is None else new_ids, mask, calls, cache)
+        for step in range(max_new_tokens):
+            if step == 0 and prefilled is not None:
+                last = first.to(self.device)
+            else:
+                last = self._forward_step(ids if cache is None else new_ids, mask, calls, cache)
             step_logits.append(last)
             token = last.argmax(-1)  # (B,)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)

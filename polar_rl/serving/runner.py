@@ -24,12 +24,15 @@ import torch
 
 from polar_rl.masks import MaskRules, masked_argmax
 from polar_rl.models.adapter import LayerInputs, LayerModel
+from polar_rl.models.program_cache import ProgramCache
 from polar_rl.observation import featurize, logit_lens
 from polar_rl.program import Action, Program, check_block_size
 from polar_rl.serving.manifest import ServingError, mask_rules, observation_spec, read_manifest
 from polar_rl.serving.policy import PolicyBackend, load_policy
 from polar_rl.tasks.examples import MCExample
 from polar_rl.tasks.multiple_choice import choice_scores, pack_questions, packed_inputs
+
+_KV = list[tuple[torch.Tensor, torch.Tensor]]  # one row's (keys, values) per layer call, each (1, kv_heads, T, d)
 
 
 class Generation(NamedTuple):
@@ -100,22 +103,32 @@ class PolarRunner:
     @torch.inference_mode()
     def program_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[Program]:
         """(B, T) prompts (left or right padded with ``attention_mask``) -> one Program per row."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self._prefill(input_ids, mask, keep_kv=False)[0]
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor,
+                 keep_kv: bool = True) -> tuple[list[Program], torch.Tensor, list[_KV]]:
+        """The decision pass over (B, T) prompts: programs, (B, V) logits at each row's last token, and
+        (``keep_kv``) each row's keys and values per layer call."""
         lm = self.lm
-        ids = input_ids.to(lm.device)
-        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(lm.device).long()
+        ids, mask = input_ids.to(lm.device), mask.to(lm.device).long()
         positions = lm.positions_from_mask(mask)
         hidden = lm.embed(ids, positions)  # (B, T, H)
         inputs = lm.layer_inputs(hidden, positions, lm.mask_from_allowed(_causal_allowed(mask)))
         t = torch.arange(ids.shape[1], device=lm.device)
-        last = (mask * (t + 1)[None]).argmax(-1)  # (B,) the last real token
-        return self._decide(hidden, inputs, last, mask.bool())[0]
+        last = (mask * (t + 1)[None]).argmax(-1)  # (B,)
+        kv: list[_KV] = [[] for _ in range(ids.shape[0])]
+        programs, final = self._decide(hidden, inputs, last, mask.bool(), kv if keep_kv else None)
+        logits = lm.head(lm.norm(final[torch.arange(ids.shape[0], device=lm.device), last]))  # (B, V)
+        return programs, logits, kv
 
-    def _decide(self, hidden: torch.Tensor, inputs: LayerInputs, last: torch.Tensor,
-                context: torch.Tensor) -> tuple[list[Program], torch.Tensor]:
+    def _decide(self, hidden: torch.Tensor, inputs: LayerInputs, last: torch.Tensor, context: torch.Tensor,
+                kv: list[_KV] | None = None) -> tuple[list[Program], torch.Tensor]:
         """Run the blocks with the policy deciding each: programs and the (B, T, H) final hidden states.
 
         last: (B,) index of each row's last context token (its features). context: (B, T) bool, the
-        tokens the pooled feature averages (the env's ``arange <= context_last``).
+        tokens the pooled feature averages (the env's ``arange <= context_last``). ``kv``: one list per
+        row that receives the (keys, values) of each of its layer calls in program order.
         """
         n, lm, bs = hidden.shape[0], self.lm, self.block_size
         rows = torch.arange(n, device=hidden.device)
@@ -136,7 +149,12 @@ class PolarRunner:
                 idx = torch.as_tensor(np.flatnonzero(r > rep), device=hidden.device)
                 sub, sub_inputs = hidden.index_select(0, idx), inputs.select(idx)
                 for layer in range(b * bs, (b + 1) * bs):
-                    sub = lm.run_layer(layer, sub, sub_inputs)
+                    cache = ProgramCache(1) if kv is not None else None
+                    sub = lm.run_layer(layer, sub, sub_inputs, cache)
+                    if cache is not None:
+                        k, v = cache.keys[0], cache.values[0]  # (rows, kv_heads, T, head_dim)
+                        for j, i in enumerate(idx.tolist()):
+                            kv[i].append((k[j : j + 1], v[j : j + 1]))  # type: ignore[index]
                 hidden[idx] = sub
             ran = np.flatnonzero(r > 0)
             if ran.size:  # a non-finite state ends the row's program as it ends an env episode
@@ -171,18 +189,24 @@ class PolarRunner:
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, attention_mask: torch.Tensor | None = None,
                  eos_token_id: int | list[int] | None = None) -> Generation:
-        """Decide each row's program on its prompt, then decode greedily with the core's cached
-        ``LayerModel.generate`` under it (rows sharing a program decode as one batch)."""
+        """Decide each row's program during the prefill of its (left-padded) prompt, then decode greedily
+        with the core's cached ``LayerModel.generate`` under it, continuing from that prefill (its keys
+        and values fill the per-slot cache; the prompt is not run twice). Rows sharing a program decode
+        as one batch."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        programs = self.program_for(input_ids, mask)
+        programs, first, kv = self._prefill(input_ids, mask)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(programs):
             groups.setdefault(p.runs, []).append(i)
         outs: dict[int, torch.Tensor] = {}
         for members in groups.values():
+            cache = ProgramCache(programs[members[0]].num_calls)
+            for s in range(cache.num_slots):
+                cache.keys[s] = torch.cat([kv[i][s][0] for i in members])
+                cache.values[s] = torch.cat([kv[i][s][1] for i in members])
             idx = torch.tensor(members)
-            seq = self.lm.generate(input_ids[idx], programs[members[0]], max_new_tokens,
-                                   attention_mask=mask[idx], eos_token_id=eos_token_id)
+            seq = self.lm.generate(input_ids[idx], programs[members[0]], max_new_tokens, attention_mask=mask[idx],
+                                   eos_token_id=eos_token_id, prefilled=(cache, first[idx.to(first.device)]))
             for j, i in enumerate(members):
                 outs[i] = seq[j]  # type: ignore[index]
         width = max(o.shape[0] for o in outs.values())

@@ -137,3 +137,11 @@ def test_program_strings_and_fraction(export_dir: Path, lm) -> None:
     assert program.runs[0] >= 1  # always_execute [0]
     assert sum(r == 2 for r in program.runs) <= 1  # max_loops 1
     assert program.num_calls <= 1.25 * 4 + 1e-9  # the budget
+
+
+def test_a_prefilled_cache_must_fit_the_program(lm) -> None:
+    from polar_rl.models.program_cache import ProgramCache
+
+    program = Program.from_runs([1, 0, 2, 1], 4)
+    with pytest.raises(ValueError, match="one slot per layer call"):
+        lm.generate(torch.tensor([[5, 6]]), program, 2, prefilled=(ProgramCache(2), torch.zeros(1, 97)))

@@ -185,7 +185,9 @@ def test_rng_state_round_trip() -> None:
     from polar_rl.agents.callbacks import capture_rng, restore_rng
     from polar_rl.envs.engine import LockstepEngine
 
-    engine = SimpleNamespace(rng=np.random.default_rng(3), _order=np.array([2, 0, 1]), _cursor=1)
+    engine = SimpleNamespace(rng=np.random.default_rng(3), _order=np.array([2, 0, 1]), _cursor=1, ep=None,
+                             _before_draw=None)
+    engine._current_sampler_state = lambda: LockstepEngine._current_sampler_state(engine)  # type: ignore[arg-type]
     engine.sampler_state = lambda: LockstepEngine.sampler_state(engine)  # type: ignore[arg-type]
     engine.load_sampler_state = lambda s: LockstepEngine.load_sampler_state(engine, s)  # type: ignore[arg-type]
     state = pickle.loads(pickle.dumps(capture_rng(engine)))

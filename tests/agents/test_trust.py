@@ -463,3 +463,28 @@ def test_resumed_run_ends_with_the_uninterrupted_model(killed_run: Path, finishe
     assert resumed.keys() == straight.keys()
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ({"id": "a", "q": "Q?", "opts": ["only"], "g": 0}, "example 'd/a' has only one choice [' only']"),
+        ({"id": "a", "q": "", "opts": ["x", "y"], "g": 0}, "example 'd/a': empty context ''"),
+        ({"id": "a", "q": "Q?", "opts": ["x", "y"], "g": 1.0}, "gold of type index must be an int, got 1.0"),
+    ],
+    ids=["one-choice", "empty-context", "float-gold"],
+)
+def test_bad_task_data_is_one_error_before_anything_is_written(tmp_path: Path, capsys, row: dict,
+                                                               needle: str) -> None:
+    """Through the CLI: exit 2, one line naming the value, no run folder."""
+    import json
+
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "d.yaml").write_text("name: d\nsource: {path: d.jsonl}\nid_column: id\ncontext: '{q}'\n"
+                                     "choices: {column: opts}\ngold: {column: g, type: index}\n"
+                                     "splits: {train: 0.34, val: 0.33, test: 0.33}\n")
+    code, _, err = _cli(capsys, "train", "--task.name", tmp_path / "d.yaml", "--output_dir", tmp_path / "out")
+    assert code == 2
+    line = _one_error_line(err)
+    assert needle in line
+    assert not (tmp_path / "out").exists()

@@ -122,11 +122,8 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
         if resume is None:
             set_random_seed(seed)
             model = make_algorithm(cfg, env, seed)  # bad agent.kwargs fail here, before the folder exists
-            run_dir = create_run_dir(cfg.output_dir, run_name(cfg, train_task.name, lm.name))
-            lock = RunLock(run_dir).acquire()
-            save_config(cfg, run_dir / "config.yaml")
-            write_provenance(run_dir, argv, seed)
-            if cfg.agent.warm_start is not None:
+            info = None
+            if cfg.agent.warm_start is not None:  # a bad warm_start program fails before the folder exists too
                 from polar_rl.agents.baselines import load_or_search
                 from polar_rl.agents.warm_start import warm_start
 
@@ -134,6 +131,11 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
                                            reference=refs[train_task.split])
                 info = warm_start(model, cfg, load_or_search(lm, cfg, show_progress=cfg.training.progress_bar),
                                   clone_engine, eval_engine)
+            run_dir = create_run_dir(cfg.output_dir, run_name(cfg, train_task.name, lm.name))
+            lock = RunLock(run_dir).acquire()
+            save_config(cfg, run_dir / "config.yaml")
+            write_provenance(run_dir, argv, seed)
+            if info is not None:
                 write_json_atomic(run_dir / "warm_start.json", info)
             best = float("-inf")
         else:

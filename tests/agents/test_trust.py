@@ -270,8 +270,9 @@ def test_a_cache_that_cannot_be_written_does_not_cost_the_run(tiny_dir: Path, tm
         ([], {"WANDB_MODE": "sometimes"}, "WANDB_MODE='sometimes'"),
         (["--agent.kwargs", "{clip_range: wide}"], {}, "agent.kwargs"),
         (["--output_dir", "{blocker}/runs"], {}, "is not a folder"),
+        (["--agent.warm_start", "greedy_3"], {}, "agent.warm_start: greedy_k: k=3 is beyond the search's K=1"),
     ],
-    ids=["wandb-mode", "agent-kwargs-value", "output-dir-under-a-file"],
+    ids=["wandb-mode", "agent-kwargs-value", "output-dir-under-a-file", "warm-start-program"],
 )
 def test_setup_errors_come_before_the_run_folder(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch,
                                                  args: list[str], env: dict[str, str], expected: str) -> None:

@@ -191,6 +191,10 @@ def restore_rng(state: dict[str, Any], engine: LockstepEngine) -> None:
     engine.load_sampler_state(state["engine_sampler"])
 
 
+#: key of the RNG file: digest of the train split the saved example order indexes into
+TRAIN_EXAMPLES = "train_examples"
+
+
 def load_rng(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         return pickle.load(f)  # noqa: S301 - our own checkpoint file
@@ -209,6 +213,7 @@ class CheckpointWithRngCallback(BaseCallback):
         super().__init__(verbose)
         self.run_dir, self.save_freq, self.engine = Path(run_dir), save_freq, engine
         self._last = 0
+        self._digest: str | None = None
         self.saved: list[int] = []
 
     def _on_training_start(self) -> None:
@@ -223,11 +228,15 @@ class CheckpointWithRngCallback(BaseCallback):
             self.save()
 
     def save(self) -> Path:
+        from polar_rl.agents.baselines import examples_digest
+
         zip_path, rng_path = checkpoint_paths(self.run_dir, self.num_timesteps)
         zip_path.parent.mkdir(parents=True, exist_ok=True)
         save_model_atomic(self.model, zip_path)
+        if self._digest is None:  # what the sampler's order indexes into: a resume checks it is unchanged
+            self._digest = examples_digest(self.engine.task.examples)  # type: ignore[arg-type]
         with atomic_open(rng_path, "wb") as f:
-            pickle.dump(capture_rng(self.engine), f)
+            pickle.dump({**capture_rng(self.engine), TRAIN_EXAMPLES: self._digest}, f)
         self.saved.append(self.num_timesteps)
         if self.verbose:
             print(f"checkpoint {zip_path}")

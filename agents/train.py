@@ -32,6 +32,7 @@ from polar_rl.agents.algorithms import DamagedModelError, check_algorithm, load_
 from polar_rl.agents.callbacks import (
     BEST_INFO,
     EVAL_KEYS,
+    TRAIN_EXAMPLES,
     CheckpointWithRngCallback,
     EpisodeMetricsCallback,
     ProgramEvalCallback,
@@ -162,7 +163,10 @@ def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEn
     """The model of the newest checkpoint that loads (zip and RNG states), with the RNG states restored.
     A damaged checkpoint (truncated zip, garbage RNG file) is skipped with a warning naming it;
     ConfigError when none is intact."""
+    from polar_rl.agents.baselines import examples_digest
+
     problems = []
+    digest = examples_digest(venv.engine.task.examples)  # type: ignore[arg-type]
     for steps in reversed(list_checkpoints(run_dir)):
         zip_path, rng_path = checkpoint_paths(run_dir, steps)
         try:
@@ -170,9 +174,20 @@ def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEn
             missing = {"python", "numpy", "torch", "engine_sampler"} - set(state if isinstance(state, dict) else ())
             if missing:
                 raise ValueError(f"{rng_path.name} lacks {sorted(missing)}")
+            if state.get(TRAIN_EXAMPLES, digest) != digest:  # not damage: the data moved under the run
+                raise ConfigError(
+                    f"cannot resume {run_dir}: the train split of task {cfg.task.name!r} changed since the run "
+                    f"started ({len(venv.engine.task)} examples now, digest {digest} vs {state[TRAIN_EXAMPLES]}); "
+                    f"resumed training would not be the same run, start a new one")
             model = load_algorithm(cfg.agent.algo, zip_path, env=env)
             venv._reset_seeds()  # .load() seeded the env again; the restored RNG state takes over
             restore_rng(state, venv.engine)
+        except ConfigError as e:
+            if not isinstance(e, DamagedModelError):
+                raise
+            problems.append(f"{zip_path.name}: {e}")
+            print(f"warning: checkpoint at {steps} steps is damaged ({problems[-1]}); trying an earlier one")
+            continue
         except DAMAGED as e:
             problems.append(f"{zip_path.name}: {type(e).__name__}: {e}")
             print(f"warning: checkpoint at {steps} steps is damaged ({problems[-1]}); trying an earlier one")

@@ -489,3 +489,25 @@ def test_bad_task_data_is_one_error_before_anything_is_written(tmp_path: Path, c
     line = _one_error_line(err)
     assert needle in line
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_a_train_split_whose_data_changed(killed_run: Path, tmp_path: Path, capsys) -> None:
+    """The checkpoint's example order indexes into the train split: edited data under the same task name
+    is refused (not mistaken for a damaged checkpoint, not resumed on other questions)."""
+    import json
+
+    rows = [json.loads(line) for line in (REPO / "tests" / "data" / "example_mc.jsonl").read_text().splitlines()]
+    spec = EXAMPLE_SPEC.read_text().replace("../../tests/data/example_mc.jsonl", "example_mc.jsonl")
+    (tmp_path / "spec.yaml").write_text(spec)
+    config = (killed_run / "config.yaml").read_text().replace(str(EXAMPLE_SPEC), str(tmp_path / "spec.yaml"))
+    (killed_run / "config.yaml").write_text(config)
+
+    before = (killed_run / "metrics.jsonl").read_text()
+    for r in rows:  # the same questions with other gold answers
+        r["answerKey"] = "A" if r["answerKey"] != "A" else "B"
+    (tmp_path / "example_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _cli(capsys, "train", "--resume", killed_run)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "train split of task" in line and "changed since the run started" in line
+    assert (killed_run / "metrics.jsonl").read_text() == before and not (killed_run / "eval.json").exists()

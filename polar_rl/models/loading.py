@@ -8,6 +8,7 @@ record hashes in a manifest, verify them on reuse, and never touch the network f
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -163,9 +164,18 @@ def ensure_embedded(spec: str) -> Path:
         problem = None
     try:
         _convert_gguf(gguf_path, target)
-    except OSError as e:
-        why = f" ({problem})" if problem else ""
-        raise ModelSpecError(f"model {spec!r}: cannot write the converted copy under {target.parent}{why}: {e}") from e
+    except OSError as e:  # a cache that cannot be written: convert for this process only, in a temp folder
+        why, cache_dir = (f" ({problem})" if problem else ""), target.parent
+        scratch = Path(tempfile.mkdtemp(prefix="polar-rl-model-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        print(f"warning: cannot write the converted model under {target.parent}{why}: {e}; converting into "
+              f"{scratch} for this run only")
+        target = scratch / spec
+        try:
+            _convert_gguf(gguf_path, target)
+        except OSError as e2:
+            raise ModelSpecError(f"model {spec!r}: cannot write the converted copy under {cache_dir} or "
+                                 f"{scratch}{why}: {e2}") from e2
     problem = verify_cached_copy(target, source_sha)
     if problem is not None:
         raise ModelSpecError(f"model {spec!r}: the converted copy does not verify: {problem}")

@@ -146,3 +146,21 @@ def test_weights_hash_follows_the_weights() -> None:
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-3
     assert weights_hash(model) != before
+
+
+def test_a_cache_that_cannot_be_written_converts_for_this_run_only(fake_embedded, monkeypatch, capsys,
+                                                                   tmp_path: Path) -> None:
+    """The converted-model cache is optional too: a read-only cache folder costs a warning and a
+    conversion into a temp folder, never the run."""
+    convert = loading._convert_gguf
+
+    def cache_read_only(gguf_path: Path, target: Path) -> None:
+        if str(target).startswith(str(tmp_path / "cache")):
+            raise PermissionError(13, "Permission denied", str(target.parent))
+        convert(gguf_path, target)
+
+    monkeypatch.setattr(loading, "_convert_gguf", cache_read_only)
+    target = ensure_embedded("smollm2-135m")
+    assert not str(target).startswith(str(tmp_path / "cache")) and verify_cached_copy(target) is None
+    assert "for this run only" in capsys.readouterr().out
+    assert model_hash(str(target)) == json.loads((target / MANIFEST).read_text())["weights_sha256"][:16]

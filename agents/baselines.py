@@ -201,6 +201,36 @@ class ProgramScorer:
         return prob / self.n, acc / self.n, kept
 
 
+def program_accuracies(lm: LayerModel, examples: Sequence[MCExample], programs: dict[str, list[int]],
+                       block_size: int = 1, chunk_size: int = 16) -> dict[str, float]:
+    """Accuracy of each skip/execute program (run counts 0 / 1 per block) on ``examples``.
+
+    One pass of the full program per chunk; each program branches off it at its first skipped block,
+    so programs that agree on a prefix share its layer calls."""
+    if not examples:
+        raise ValueError("no examples to compare static programs on")
+    scorer = ProgramScorer(lm, examples, block_size, chunk_size)
+    B = scorer.num_blocks
+    for name, runs in programs.items():
+        if len(runs) != B or any(r not in (0, 1) for r in runs):
+            raise ValueError(f"program {name!r}: {runs} is not {B} run counts of 0 or 1")
+    first_skip = {name: runs.index(0) if 0 in runs else B for name, runs in programs.items()}
+    correct = dict.fromkeys(programs, 0.0)
+    last = max(first_skip.values(), default=0)
+    with torch.inference_mode():
+        for chunk in scorer.chunks:
+            hidden = chunk.embedded
+            for b in range(last + 1):
+                for name, runs in programs.items():
+                    if first_skip[name] == b:
+                        rest = [x for x in range(b + 1, B) if runs[x]]
+                        _, ok = scorer.score(chunk, scorer.run_blocks(chunk, hidden, rest))
+                        correct[name] += float(ok.float().sum())
+                if b < last:
+                    hidden = scorer.run_blocks(chunk, hidden, [b])
+    return {name: c / scorer.n for name, c in correct.items()}
+
+
 def block_influence(scorer: ProgramScorer, states: list[list[torch.Tensor]]) -> list[float]:
     """ShortGPT BI per block: 1 - cosine(input, output), mean over the real tokens of every question."""
     total = np.zeros(scorer.num_blocks)

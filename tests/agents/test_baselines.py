@@ -174,3 +174,30 @@ def test_margin_objective_search_equals_direct_scoring(real_model, search_set, t
         search_static_programs(real_model, search_set.examples, task="arc_easy", split="train", objective="accuracy")
     with pytest.raises(ConfigError, match="baselines.objective"):
         Config.from_dict({"baselines": {"objective": "accuracy"}})
+
+
+@pytest.mark.real
+def test_program_accuracies_equal_direct_scoring(real_model, found) -> None:
+    from polar_rl.agents.baselines import program_accuracies
+
+    examples = load_task("arc_easy", "val", limit=10).examples
+    programs = {"full": [1] * 6, "skip0": [0, 1, 1, 1, 1, 1], "g2": found.runs("greedy", 2),
+                "late": [1, 1, 1, 1, 0, 1]}
+    got = program_accuracies(real_model, examples, programs, block_size=5, chunk_size=4)
+    for name, runs in programs.items():
+        scores = score_packed(real_model, examples, Program.from_runs(runs, real_model.num_layers, block_size=5))
+        assert got[name] == pytest.approx(float(scores.correct.float().mean())), name
+    with pytest.raises(ValueError, match="program 'bad': \\[1, 2\\] is not 6 run counts of 0 or 1"):
+        program_accuracies(real_model, examples, {"bad": [1, 2]}, block_size=5)
+
+
+def test_warm_start_selection_set_excludes_the_searched_questions() -> None:
+    from polar_rl.agents.warm_start import selection_examples
+
+    cfg = Config.from_dict({})
+    train, val = load_task("arc_easy", "train", limit=20), load_task("arc_easy", "val", limit=5)
+    searched = StaticBaselines(model_hash="x", task="arc_easy", split="train", n_examples=8, num_layers=30,
+                               block_size=1, max_k=1, full_objective=0.0, full_accuracy=0.0, block_influence=[],
+                               skip_alone=[], greedy_order=[], greedy_objective=[], greedy_accuracy=[])
+    chosen = selection_examples(cfg, searched, train, val)
+    assert [ex.id for ex in chosen] == [ex.id for ex in val.examples] + [ex.id for ex in train.examples[8:]]

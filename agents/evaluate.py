@@ -272,7 +272,7 @@ def evaluate_methods(
         "adaptivity": adaptivity(policy_runs),
         "baseline_search": None if baselines is None else {
             "split": baselines.split, "n": baselines.n_examples, "max_k": baselines.max_k,
-            "greedy_order": baselines.greedy_order, "settings": baselines.settings,
+            "greedy_order": baselines.greedy_order, "settings": baselines.settings, "objective": baselines.objective,
         },
         "methods": summaries,
     }

@@ -93,7 +93,8 @@ def report_markdown(result: dict[str, Any]) -> str:
     search = result.get("baseline_search")
     if search:
         lines += ["", f"Static programs were searched on {search['n']} questions of the `{search['split']}` split "
-                      f"(greedy removal order {search['greedy_order']}); the test split chose nothing."]
+                      f"keeping the {search.get('objective', 'gold_prob')} high (greedy removal order "
+                      f"{search['greedy_order']}); the test split chose nothing."]
     lines += ["", "Plots: `pareto.png` (accuracy vs compute), `layers.png` (the policy's action per block, "
                   "split by questions the full model gets right and wrong).", "",
               f"Reproduce: `{result.get('command', 'polar-rl evaluate RUN_DIR')}`", ""]

@@ -23,7 +23,7 @@ import numpy as np
 
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
-from polar_rl.agents.reference_store import reference_store
+from polar_rl.agents.reference_store import ProgramResultStore, program_store, reference_store
 from polar_rl.agents.run_dir import EVAL_FILE, check_writable, slug, write_json_atomic, write_jsonl_atomic
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig, load_config
@@ -169,6 +169,7 @@ def evaluate_methods(
     baselines: StaticBaselines | None = None,
     full_seconds: float | None = None,
     curves: bool = False,
+    program_cache: ProgramResultStore | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate on ``task``, in one run: ``full`` (from ``reference`` when it covers the split),
     ``policy`` (``model``; greedy, or SKIP when its SKIP probability >= ``skip_threshold``),
@@ -176,7 +177,8 @@ def evaluate_methods(
     static baseline family of ``baselines`` at the policy's matched compute (``curves``: every k).
 
     Returns the ``eval.json`` body and per-example records (``method`` + terminal info fields).
-    ``reference`` is read and filled by the engines (load it from, and save it to, the disk cache).
+    ``reference`` is read and filled by the engines (load it from, and save it to, the disk cache);
+    ``program_cache`` serves and keeps the static programs' records.
     """
     n_envs = min(cfg.env.n_envs, len(task))
     engine = make_engine(lm, task, cfg, n_envs=n_envs, shuffle=False, reference=reference)
@@ -226,7 +228,7 @@ def evaluate_methods(
 
     with tqdm(total=len(task), desc=f"{len(programs)} static programs ({task.split})", unit="ex",
               disable=not show_progress, leave=False) as bar:
-        static_records, static_seconds = rollout_programs(free, programs, progress=bar.update)
+        static_records, static_seconds = cached_rollout_programs(free, programs, program_cache, bar.update)
     all_records.update(static_records)
     seconds.update(static_seconds)
 
@@ -277,6 +279,37 @@ def evaluate_methods(
         "methods": summaries,
     }
     return result, records
+
+
+def cached_rollout_programs(engine: LockstepEngine, programs: dict[str, list[int]],
+                            store: ProgramResultStore | None, progress: Callable[[int], None] | None = None,
+                            ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """:func:`rollout_programs` over the engine's examples, serving the programs ``store`` holds for
+    every example from disk and saving the others' records there."""
+    if store is None:
+        return rollout_programs(engine, programs, progress=progress)
+    ids = [ex.id for ex in engine.task.examples]
+    block, loops = engine.cfg.block_size, engine.cfg.loop_runs
+    records: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    missing: dict[str, list[int]] = {}
+    for name, runs in programs.items():
+        hit = store.load(runs, block, loops, ids)
+        if hit is None:
+            missing[name] = runs
+        else:
+            records[name], secs = hit
+            if secs is not None:
+                seconds[name] = secs
+    if missing:
+        new_records, new_seconds = rollout_programs(engine, missing, progress=progress)
+        records.update(new_records)
+        seconds.update(new_seconds)
+        store.save({tuple(runs): (new_records[name], new_seconds[name]) for name, runs in missing.items()},
+                   block, loops)
+    elif progress is not None:
+        progress(len(ids))
+    return records, seconds
 
 
 def paired_comparison(reference_correct: Sequence[bool], method_correct: Sequence[bool]) -> dict[str, Any]:
@@ -376,7 +409,8 @@ def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run
     store = reference_store(lm, task, cfg.model.dtype)
     reference = store.load()
     result, records = evaluate_methods(lm, cfg, model, task, reference, show_progress, skip_threshold=skip_threshold,
-                                       baselines=baselines, full_seconds=store.load_seconds(), curves=curves)
+                                       baselines=baselines, full_seconds=store.load_seconds(), curves=curves,
+                                       program_cache=program_store(lm, task, cfg.model.dtype))
     store.save(reference)  # optional caches: a write failure is a warning, never the run
     if result["methods"]["full"].get("seconds_per_example") is not None:
         store.save_seconds(result["methods"]["full"]["seconds_per_example"])

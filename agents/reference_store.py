@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from polar_rl.agents.run_dir import slug, write_json_atomic
 from polar_rl.envs.engine import Reference
@@ -136,3 +138,90 @@ class ReferenceStore:
 def reference_store(lm: object, task: Task, dtype: str) -> ReferenceStore:
     """The store for ``lm`` (its model hash and device kind) on ``task``."""
     return ReferenceStore(lm.model_hash, task, dtype, lm.device.type)  # type: ignore[attr-defined]
+
+
+class ProgramResultStore:
+    """Disk cache of static programs' per-example records on one (model, dtype, device kind, task, split).
+
+    A static program's result on an example depends on the same things as the full model's (the
+    weights, dtype, device kind, the example's content and the scoring rule) and on the program
+    itself, so seeds and sweep trials that compare against the same static programs run each only once.
+    ``$POLAR_RL_CACHE/programs/<model_hash>__<dtype>__<device>__<task>__<split>.json`` holds
+    ``{"format", "model_hash", "dtype", "device", "programs": {<key>: {"seconds_per_example",
+    "entries": {example id -> {"example": hash, "record": {...}}}}}}``. Entries whose example changed
+    are dropped on load; a program is reused only when every asked example is cached.
+    """
+
+    def __init__(self, model_hash: str, task: Task, dtype: str = "float32", device: str = "cpu",
+                 root: Path | None = None) -> None:
+        self.model_hash, self.dtype, self.device = model_hash, dtype, device.split(":")[0]
+        self.hashes = {ex.id: example_hash(ex) for ex in task.examples if isinstance(ex, MCExample)}
+        folder = (root if root is not None else cache_root()) / "programs"
+        stem = f"{slug(model_hash)}__{slug(dtype)}__{slug(self.device)}__{slug(task.name)}__{slug(task.split)}"
+        self.path = folder / f"{stem}.json"
+
+    @staticmethod
+    def key(runs: Sequence[int], block_size: int, loop_runs: int) -> str:
+        """``b<block size>l<calls of a LOOP>:<action per block>``: what decides the layer calls."""
+        return f"b{block_size}l{loop_runs}:" + "".join(str(int(r)) for r in runs)
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            if (raw["format"], raw["model_hash"], raw["dtype"], raw["device"]) != (
+                    FORMAT, self.model_hash, self.dtype, self.device):
+                return {}
+            programs = raw["programs"]
+            if not isinstance(programs, dict):
+                raise TypeError(f"programs is {type(programs).__name__}, not a mapping")
+            return programs
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"warning: ignoring unreadable program cache {self.path}: {e}")
+            return {}
+
+    def load(self, runs: Sequence[int], block_size: int, loop_runs: int,
+             example_ids: Sequence[str]) -> tuple[list[dict[str, Any]], float | None] | None:
+        """The cached records of ``runs`` on ``example_ids`` (in that order) and seconds per example,
+        or None unless every example is cached with its current content."""
+        entry = self._read().get(self.key(runs, block_size, loop_runs))
+        if not isinstance(entry, dict):
+            return None
+        entries = entry.get("entries", {})
+        records = []
+        for ex_id in example_ids:
+            got = entries.get(ex_id)
+            if not isinstance(got, dict) or got.get("example") != self.hashes.get(ex_id):
+                return None
+            record = got.get("record")
+            if not isinstance(record, dict) or record.get("example_id") != ex_id:
+                return None
+            records.append(record)
+        seconds = entry.get("seconds_per_example")
+        return records, float(seconds) if isinstance(seconds, int | float) else None
+
+    def save(self, results: dict[tuple[int, ...], tuple[list[dict[str, Any]], float]], block_size: int,
+             loop_runs: int) -> bool:
+        """Merge ``{runs: (records, seconds per example)}`` into the file (atomically). False, with a
+        warning, when the cache cannot be written."""
+        programs = self._read()
+        for runs, (records, seconds) in results.items():
+            key = self.key(runs, block_size, loop_runs)
+            old = programs.get(key, {}).get("entries", {}) if isinstance(programs.get(key), dict) else {}
+            entries = {**old, **{r["example_id"]: {"example": self.hashes[r["example_id"]], "record": r}
+                                 for r in records if r["example_id"] in self.hashes}}
+            programs[key] = {"seconds_per_example": seconds, "entries": entries}
+        data = {"format": FORMAT, "model_hash": self.model_hash, "dtype": self.dtype, "device": self.device,
+                "scoring": SCORING, "programs": programs}
+        try:
+            write_json_atomic(self.path, data)
+        except OSError as e:
+            print(f"warning: could not write the program cache {self.path}: {e}")
+            return False
+        return True
+
+
+def program_store(lm: object, task: Task, dtype: str) -> ProgramResultStore:
+    """The static-program result store for ``lm`` on ``task``."""
+    return ProgramResultStore(lm.model_hash, task, dtype, lm.device.type)  # type: ignore[attr-defined]

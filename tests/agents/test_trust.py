@@ -82,6 +82,39 @@ def test_reference_cache_recomputes_an_example_whose_content_changed(tiny_lm) ->
     assert reference_store(tiny_lm, new_task, "float32").load() == fresh
 
 
+def test_program_cache_serves_static_programs_and_recomputes_changed_examples(tiny_lm, monkeypatch) -> None:
+    """Seeds and sweep trials compare against the same static programs: the second evaluation reads
+    their records from disk (identical to a rerun), and an edited example is recomputed."""
+    import polar_rl.agents.evaluate as ev
+    from polar_rl.agents.reference_store import program_store
+
+    task = _task(_examples())
+    engine = LockstepEngine(tiny_lm, task, EnvConfig(block_size=1, n_envs=len(task)), shuffle=False)
+    L = tiny_lm.num_layers
+    programs = {"skip_0": [0] + [1] * (L - 1), "loop_last": [1] * (L - 1) + [2], "again": [0] + [1] * (L - 1)}
+    fresh, _ = ev.rollout_programs(engine, programs)
+    first, first_seconds = ev.cached_rollout_programs(engine, programs, program_store(tiny_lm, task, "float32"))
+    assert first == fresh and set(first_seconds) == set(programs)
+
+    real_rollout = ev.rollout_programs
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached program was recomputed")
+    monkeypatch.setattr(ev, "rollout_programs", forbidden)
+    again, _ = ev.cached_rollout_programs(engine, programs, program_store(tiny_lm, task, "float32"))
+    assert again == fresh
+
+    edited = _examples()
+    edited[2] = dataclasses.replace(edited[2], gold=1)
+    new_task = _task(edited)
+    new_engine = LockstepEngine(tiny_lm, new_task, EnvConfig(block_size=1, n_envs=len(new_task)), shuffle=False)
+    with pytest.raises(AssertionError, match="recomputed"):  # the cached records no longer match
+        ev.cached_rollout_programs(new_engine, programs, program_store(tiny_lm, new_task, "float32"))
+    monkeypatch.setattr(ev, "rollout_programs", real_rollout)
+    recomputed, _ = ev.cached_rollout_programs(new_engine, programs, program_store(tiny_lm, new_task, "float32"))
+    assert recomputed == ev.rollout_programs(new_engine, programs)[0]
+
+
 def test_reference_cache_is_keyed_by_the_scoring_rule(tiny_lm, monkeypatch: pytest.MonkeyPatch) -> None:
     import polar_rl.agents.reference_store as rs
 

@@ -231,6 +231,38 @@ def program_accuracies(lm: LayerModel, examples: Sequence[MCExample], programs: 
     return {name: c / scorer.n for name, c in correct.items()}
 
 
+def cached_program_accuracies(lm: LayerModel, examples: Sequence[MCExample], programs: dict[str, list[int]],
+                              block_size: int = 1, dtype: str = "float32") -> dict[str, float]:
+    """:func:`program_accuracies`, with each program's accuracy on this exact question set kept on disk
+    (``$POLAR_RL_CACHE/programs/selection__<model>__<dtype>__<device>__<questions digest>.json``), so sweep
+    trials and seeds that compare the same candidates run each once."""
+    from polar_rl.agents.reference_store import FORMAT, SCORING
+    from polar_rl.agents.run_dir import slug, write_json_atomic
+    from polar_rl.models.loading import cache_root
+
+    device = lm.device.type
+    path = cache_root() / "programs" / (f"selection__{slug(lm.model_hash)}__{slug(dtype)}__{slug(device)}__"
+                                        f"{examples_digest(examples)}.json")
+    key = {name: f"b{block_size}:" + "".join(map(str, runs)) for name, runs in programs.items()}
+    cached: dict[str, float] = {}
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") == FORMAT and raw.get("scoring") == SCORING:
+            cached = {k: float(v) for k, v in raw["accuracy"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        cached = {}
+    todo = {name: runs for name, runs in programs.items() if key[name] not in cached}
+    if todo:
+        got = program_accuracies(lm, examples, todo, block_size)
+        cached.update({key[name]: acc for name, acc in got.items()})
+        try:
+            write_json_atomic(path, {"format": FORMAT, "scoring": SCORING, "n": len(examples),
+                                     "accuracy": dict(sorted(cached.items()))})
+        except OSError as e:
+            print(f"warning: could not write the program cache {path}: {e}")
+    return {name: cached[key[name]] for name in programs}
+
+
 def block_influence(scorer: ProgramScorer, states: list[list[torch.Tensor]]) -> list[float]:
     """ShortGPT BI per block: 1 - cosine(input, output), mean over the real tokens of every question."""
     total = np.zeros(scorer.num_blocks)

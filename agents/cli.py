@@ -4,6 +4,8 @@
     polar-rl evaluate RUN_DIR [--split test] [--limit N]
     polar-rl export RUN_DIR [--checkpoint best|final] [--format onnx|torchscript|both] [--out DIR]
     polar-rl generate --export DIR --prompt "..."
+    polar-rl sweep configs/sweeps/compute_penalty.yaml --local [--count N] [--parallel N] [--resume SWEEP_DIR]
+    polar-rl pareto SWEEP_DIR
     polar-rl <command> --help
 
 A configuration or setup error (bad key or value, missing file, unknown model or task, a resume
@@ -25,11 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "baselines": ("polar_rl.agents.baselines", "search static programs on the train split (cached) and list them"),
     "export": ("polar_rl.agents.export", "export a trained policy (ONNX / TorchScript + manifest) for serving"),
     "generate": ("polar_rl.agents.generate", "generate with an exported policy choosing the layers"),
+    "sweep": ("polar_rl.agents.sweep", "run a W&B sweep (configs/sweeps/*.yaml): online, or offline with --local"),
+    "pareto": ("polar_rl.agents.pareto", "a sweep's accuracy-compute frontier: frontier.png, frontier.json, report.md"),
 }
 # commands that are planned but not built: command -> what it will do
-PLANNED: dict[str, str] = {
-    "sweep": "run a W&B sweep over configs/sweeps/*.yaml",
-}
+PLANNED: dict[str, str] = {}
 EXIT_USAGE = 2
 
 

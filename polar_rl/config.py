@@ -424,7 +424,8 @@ class AgentConfig(_Section):
     )
     warm_start: str | None = _opt(
         None, "behaviour-clone a static program before RL: 'best' (the most accurate on the eval split at "
-        "env.max_compute_fraction) or a baseline name such as greedy_3 (null: none)"
+        "env.max_compute_fraction; without a budget, the best accuracy - env.compute_penalty x compute at any k, "
+        "or none when the full model wins) or a baseline name such as greedy_3 (null: none)"
     )
     warm_start_epochs: int = _opt(20, "passes over the cloned decisions")
     warm_start_episodes: int | None = _opt(None, "train questions the cloned program is rolled over (null: all)")
@@ -589,9 +590,6 @@ class Config(_Section):
             "/" in self.run_name or "\\" in self.run_name or self.run_name in (".", "..")
         ):
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain directory name")
-        if self.agent.warm_start == "best" and (self.env.max_compute_fraction or 1.0) >= 1.0:
-            raise ConfigError("agent.warm_start='best' picks the static program that fits env.max_compute_fraction; "
-                              "set a budget < 1 or name a program (e.g. greedy_3)")
         if self.agent.uses_minibatches:
             n_envs, n_steps, batch = self.env.n_envs, self.agent.n_steps, self.agent.batch_size
             rollout = n_envs * n_steps

@@ -23,8 +23,13 @@ def test_best_picks_the_k_that_fits_the_budget() -> None:
     assert candidate_names(cfg, _Found()) == ["greedy_5", "skip_rank_5", "bi_5"]  # type: ignore[arg-type]
 
 
+def test_best_without_a_budget_weighs_every_k_against_the_penalty() -> None:
+    cfg = Config.from_dict({"agent": {"warm_start": "best"}, "baselines": {"min_compute": 0.9}})
+    assert candidate_names(cfg, _Found()) == ["full", "greedy_1", "skip_rank_1", "greedy_2", "skip_rank_2",  # type: ignore[arg-type]
+                                              "greedy_3", "skip_rank_3"]
+
+
 @pytest.mark.parametrize(("settings", "needle"), [
-    ({"agent": {"warm_start": "best"}}, "set a budget < 1 or name a program"),
     ({"agent": {"warm_start": "greedy"}}, "'greedy' is not 'best' or a static program"),
     ({"agent": {"warm_start": "random_3"}}, "'random_3' is not 'best' or a static program"),
     ({"agent": {"warm_start": "bi_0"}}, "'bi_0' is not 'best' or a static program"),

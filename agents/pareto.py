@@ -1,0 +1,203 @@
+"""The accuracy-compute frontier of a sweep: ``polar-rl pareto SWEEP_DIR``.
+
+Reads each finished trial's ``eval.json`` (its test evaluation: the policy, the full model and the
+static programs at the policy's compute) and writes, in the sweep folder:
+
+- ``frontier.json``: one point per trial (its swept parameters, test accuracy with 95 % CI, compute
+  and FLOPs fractions, the paired test against the full model, the best static program at the same
+  compute with the paired test against it, and whether the point is non-dominated among the
+  policies), the full model, and the static programs every trial evaluated (the union: each is the
+  same program on the same questions, read from the program cache);
+- ``frontier.png``: accuracy vs compute with CI bars, the static families as curves, the full model,
+  the policies labelled by their swept values, non-dominated ones ringed;
+- ``report.md``: the same as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic
+from polar_rl.config import ConfigError
+from polar_rl.fileio import atomic_open
+
+POLICY_ROWS = ("full", "policy", "policy_static")
+
+
+def static_rows(methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The static-program rows of an evaluation (not the full model, the policy or its ablation)."""
+    return {n: m for n, m in methods.items() if n not in POLICY_ROWS and not m.get("aggregate")}
+
+
+def best_static_at(methods: dict[str, Any], compute: float) -> tuple[str, dict[str, Any]] | None:
+    """The most accurate static row at the compute nearest ``compute`` (ties: the first by name)."""
+    rows = static_rows(methods)
+    if not rows:
+        return None
+    nearest = min(abs(m["compute_fraction"] - compute) for m in rows.values())
+    at = {n: m for n, m in rows.items() if abs(abs(m["compute_fraction"] - compute) - nearest) < 1e-9}
+    name = max(sorted(at), key=lambda n: at[n]["accuracy"])
+    return name, at[name]
+
+
+def non_dominated(points: list[dict[str, Any]]) -> list[bool]:
+    """For each (accuracy, compute_fraction) point: no other point is at least as accurate at no more
+    compute, and strictly better in one of the two."""
+    flags = []
+    for p in points:
+        flags.append(not any(
+            q is not p and q["accuracy"] >= p["accuracy"] and q["compute_fraction"] <= p["compute_fraction"]
+            and (q["accuracy"] > p["accuracy"] or q["compute_fraction"] < p["compute_fraction"]) for q in points))
+    return flags
+
+
+def collect(sweep_dir: Path) -> dict[str, Any]:
+    """The frontier's data from the sweep's finished trials."""
+    state_file = sweep_dir / "sweep.json"
+    if not state_file.is_file():
+        raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.json)")
+    state = json.loads(state_file.read_text())
+    points: list[dict[str, Any]] = []
+    statics: dict[str, dict[str, Any]] = {}
+    full: dict[str, Any] | None = None
+    header: dict[str, Any] = {}
+    for trial in state["trials"]:
+        eval_file = Path(trial["run_dir"]) / EVAL_FILE
+        if trial["state"] != "finished" or not eval_file.is_file():
+            continue
+        result = json.loads(eval_file.read_text())
+        key = (result["task"], result["split"], result["n"], result["model_hash"])
+        if header and key != header["key"]:
+            raise ConfigError(f"{trial['name']} was evaluated on {key}, the others on {header['key']}: "
+                              f"a frontier compares one model on one test set")
+        header = {"key": key, "task": result["task"], "split": result["split"], "n": result["n"],
+                  "model": result["model"]}
+        methods = result["methods"]
+        full = full or methods["full"]
+        policy = methods["policy"]
+        best = best_static_at(methods, policy["compute_fraction"])
+        statics.update(static_rows(methods))
+        points.append({
+            "trial": trial["name"], "params": trial["params"], "run_dir": trial["run_dir"],
+            "compute_penalty": result.get("compute_penalty"), "seed": result.get("seed"),
+            "accuracy": policy["accuracy"], "accuracy_ci": policy["accuracy_ci"],
+            "compute_fraction": policy["compute_fraction"], "flops_fraction": policy.get("flops_fraction"),
+            "delta_vs_full": policy["delta_vs_full"], "p_vs_full": policy["mcnemar"]["p_value"],
+            "best_static": None if best is None else {
+                "name": best[0], "program": best[1].get("program"), "accuracy": best[1]["accuracy"],
+                "compute_fraction": best[1]["compute_fraction"],
+                "policy_minus_static": policy["accuracy"] - best[1]["accuracy"],
+                "p": best[1]["vs_policy"]["mcnemar"]["p_value"]},
+            "policy_static": methods.get("policy_static", {}).get("accuracy"),
+        })
+    for p, flag in zip(points, non_dominated(points), strict=True):
+        p["non_dominated"] = flag
+    return {"sweep": str(sweep_dir), "task": header.get("task"), "split": header.get("split"),
+            "n": header.get("n"), "model": header.get("model"), "full": full,
+            "points": sorted(points, key=lambda p: p["compute_fraction"]),
+            "static": dict(sorted(statics.items(), key=lambda kv: (kv[0].rsplit("_", 1)[0], kv[1]["compute_fraction"]))),
+            "trials": len(state["trials"]), "finished": len(points)}
+
+
+def _label(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in point["params"].items()) or point["trial"]
+
+
+def plot_frontier(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from polar_rl.agents.plots import _FAMILY_STYLE
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, m in data["static"].items():
+        families[name.rsplit("_", 1)[0]].append(m)
+    for family, ms in sorted(families.items()):
+        ms = sorted(ms, key=lambda m: m["compute_fraction"])
+        color, marker = _FAMILY_STYLE.get(family, ("grey", "x"))
+        ax.errorbar([m["compute_fraction"] for m in ms], [m["accuracy"] for m in ms],
+                    yerr=[[m["accuracy"] - m["accuracy_ci"][0] for m in ms], [m["accuracy_ci"][1] - m["accuracy"] for m in ms]],
+                    color=color, marker=marker, capsize=3, alpha=0.8, label=f"static: {family}_k")
+    if data["full"] is not None:
+        f = data["full"]
+        ax.errorbar([1.0], [f["accuracy"]], yerr=[[f["accuracy"] - f["accuracy_ci"][0]], [f["accuracy_ci"][1] - f["accuracy"]]],
+                    color="black", marker="D", markersize=8, capsize=3, label="full model")
+    pts = data["points"]
+    if pts:
+        ax.errorbar([p["compute_fraction"] for p in pts], [p["accuracy"] for p in pts],
+                    yerr=[[p["accuracy"] - p["accuracy_ci"][0] for p in pts], [p["accuracy_ci"][1] - p["accuracy"] for p in pts]],
+                    color="tab:red", marker="*", markersize=13, capsize=3, linestyle="none", label="policy (one per trial)")
+        nd = [p for p in pts if p["non_dominated"]]
+        ax.scatter([p["compute_fraction"] for p in nd], [p["accuracy"] for p in nd], s=300, facecolors="none",
+                   edgecolors="tab:red", label="non-dominated policies")
+        for p in pts:
+            ax.annotate(_label(p), (p["compute_fraction"], p["accuracy"]), textcoords="offset points",
+                        xytext=(4, -12), fontsize=7, color="tab:red")
+    ax.set_xlabel("compute fraction (layer calls / layers)")
+    ax.set_ylabel(f"accuracy on {data['task']} / {data['split']} (n={data['n']}), 95 % CI")
+    ax.set_title(f"{data['model']}: sweep frontier ({data['finished']} of {data['trials']} trials finished)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def report_table(data: dict[str, Any]) -> str:
+    full = data["full"] or {}
+    lines = [f"# Sweep frontier: {data['task']} / {data['split']} (n = {data['n']}), model `{data['model']}`", "",
+             f"{data['finished']} of {data['trials']} trials finished. Full model: "
+             f"{full.get('accuracy', float('nan')):.3f}. `*` marks the non-dominated policies.", "",
+             "| trial | parameters | accuracy [95 % CI] | compute | FLOPs | Δ vs full (p) | best static at that compute | policy − static (p) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in data["points"]:
+        lo, hi = p["accuracy_ci"]
+        s = p["best_static"]
+        static = "-" if s is None else f"`{s['name']}` {s['accuracy']:.3f} @ {s['compute_fraction']:.3f}"
+        vs = "-" if s is None else f"{s['policy_minus_static']:+.3f} ({s['p']:.3g})"
+        flops = "-" if p["flops_fraction"] is None else f"{p['flops_fraction']:.3f}"
+        lines.append(f"| {p['trial']}{' *' if p['non_dominated'] else ''} | {_label(p)} | {p['accuracy']:.3f} "
+                     f"[{lo:.3f}, {hi:.3f}] | {p['compute_fraction']:.3f} | {flops} | {p['delta_vs_full']:+.3f} "
+                     f"({p['p_vs_full']:.3g}) | {static} | {vs} |")
+    lines += ["", "Static programs evaluated by the trials (the same programs on the same questions):", "",
+              "| program | accuracy [95 % CI] | compute |", "|---|---|---|"]
+    for name, m in data["static"].items():
+        lines.append(f"| `{name}` | {m['accuracy']:.3f} [{m['accuracy_ci'][0]:.3f}, {m['accuracy_ci'][1]:.3f}] | "
+                     f"{m['compute_fraction']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_frontier(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write ``frontier.json``, ``frontier.png`` and ``report.md`` into the sweep folder."""
+    sweep_dir = Path(sweep_dir)
+    data = collect(sweep_dir)
+    if not data["points"]:
+        raise ConfigError(f"{sweep_dir}: no finished trial with an {EVAL_FILE} yet; nothing to plot")
+    plot_frontier(data, sweep_dir / "frontier.png")
+    with atomic_open(sweep_dir / "report.md", "w") as fh:
+        fh.write(report_table(data))
+    write_json_atomic(sweep_dir / "frontier.json", data)
+    print(f"[pareto] {len(data['points'])} points: {sweep_dir / 'frontier.png'}, frontier.json, report.md")
+    return data
+
+
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (holds sweep.json)")
+    return parser
+
+
+def run_cli(argv: Sequence[str], prog: str = "polar-rl pareto") -> int:
+    args = make_parser(prog).parse_args(list(argv))
+    write_frontier(args.sweep_dir)
+    return 0

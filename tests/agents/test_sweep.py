@@ -1,0 +1,117 @@
+"""Sweeps (issue 9): W&B sweep configs run offline by the ``sweeps`` engine, resumed, and plotted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from polar_rl.agents.sweep import expand_command, format_value, run_cli, to_builtin
+from polar_rl.config import ConfigError
+from tests.agents.helpers import REPO, run_polar_rl
+
+SMOKE = REPO / "configs" / "sweeps" / "smoke.yaml"
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _grid(parameters: dict, **extra: object) -> dict:
+    return {"method": "grid", "metric": {"name": "eval/score", "goal": "maximize"}, "parameters": parameters,
+            "command": ["${env}", "polar-rl", "train", "--config", "configs/smoke.yaml", "${args}"], **extra}
+
+
+@pytest.mark.parametrize(("cfg", "needle"), [
+    ({**_grid({"env.compute_penalty": {"values": [0.1]}}), "method": "grod"}, "'grod' is not one of"),
+    ({**_grid({"env.compute_penalty": {"min": 2.0, "max": 1.0}}), "method": "random"}, "min 2.0 is not less than max 1.0"),
+    (_grid({"env.compute_penalty_x": {"values": [0.1]}}), "unknown key 'env.compute_penalty_x'"),
+    (_grid({"env.compute_penalty": {"values": [0.1, -3]}}), "'env.compute_penalty' = -3: env.compute_penalty must be >= 0"),
+    (_grid({"env.compute_penalty": {"values": [0.1]}}, metric={"name": "loss"}), "metric 'loss' is not logged"),
+    (_grid({"env.compute_penalty": {"values": [0.1]}}, command=["polar-rl", "train", "${argz}"]),
+     r"macro \$\{argz\} is not supported"),
+])
+def test_an_invalid_sweep_config_fails_before_any_trial(tmp_path: Path, cfg: dict, needle: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=needle):
+        run_cli([str(_write(tmp_path, cfg)), "--local", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_random_and_bayes_need_a_count(tmp_path: Path) -> None:
+    cfg = {**_grid({"env.compute_penalty": {"min": 0.1, "max": 1.0}}), "method": "random"}
+    with pytest.raises(ConfigError, match="never ends: give --count N"):
+        run_cli([str(_write(tmp_path, cfg)), "--local", "--out", str(tmp_path / "out")])
+
+
+def test_engine_suggestions_become_plain_values_and_w_and_b_macros_expand() -> None:
+    from polar_rl.agents.sweep import _engine
+
+    cfg = {"method": "random", "parameters": {"env.compute_penalty": {"min": 0.1, "max": 1.0,
+                                                                      "distribution": "log_uniform_values"}}}
+    (run,) = _engine().next_runs(cfg, [], validate=True)
+    raw = run.config["env.compute_penalty"]["value"]
+    assert isinstance(raw, np.floating)  # what the engine returns ...
+    params = to_builtin({k: v["value"] for k, v in run.config.items()})
+    assert type(params["env.compute_penalty"]) is float and 0.1 <= params["env.compute_penalty"] <= 1.0
+    assert json.dumps(params)  # ... and what the sweep state can hold
+    assert format_value([0, 1]) == "[0, 1]" and format_value(None) == "null" and format_value(True) == "true"
+    cmd = expand_command({"program": "train.py", "command": ["${env}", "${interpreter}", "${program}", "${args}",
+                                                             "${args_no_hyphens}"]}, {"seed": 3})
+    assert cmd[1:] == ["train.py", "--seed=3", "seed=3"]
+
+
+def test_a_crashing_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """Both trials fail at start-up (unknown task); the second still runs after the first failed."""
+    cfg = _write(tmp_path, _grid({"task.name": {"values": ["no_such_task", "missing_too"]}}))
+    out = tmp_path / "sweep"
+    proc = run_polar_rl(["sweep", cfg, "--local", "--out", out], timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    state = json.loads((out / "sweep.json").read_text())
+    assert [(t["params"]["task.name"], t["state"], t["exitcode"]) for t in state["trials"]] == [
+        ("no_such_task", "failed", 2), ("missing_too", "failed", 2)]
+    assert "unknown task 'missing_too'" in (out / "logs" / "trial-001.log").read_text()
+    assert "0 of 2 trials finished" in proc.stdout
+
+
+@pytest.mark.real
+def test_smoke_sweep_runs_offline_resumes_without_rerunning_and_draws_the_frontier(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    first = run_polar_rl(["sweep", SMOKE, "--local", "--count", "1", "--out", out], timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    state = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in state["trials"]] == ["finished"]
+    done = Path(state["trials"][0]["run_dir"]) / "eval.json"
+    stamp = done.stat().st_mtime_ns
+
+    again = run_polar_rl(["sweep", "--resume", out], timeout=1800)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    state = json.loads((out / "sweep.json").read_text())
+    assert [(t["params"]["env.compute_penalty"], t["state"]) for t in state["trials"]] == [
+        (0.05, "finished"), (0.2, "finished"), (0.8, "finished")]
+    assert done.stat().st_mtime_ns == stamp  # the finished trial was not rerun
+    assert (out / "logs" / "trial-000.log").read_text().count("$ ") == 1
+    for t in state["trials"]:  # each trial is a normal run folder of the sweep's group
+        run = Path(t["run_dir"])
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["tracking"]["group"] == state["group"] and cfg["env"]["compute_penalty"] == t["params"]["env.compute_penalty"]
+        result = json.loads((run / "eval.json").read_text())
+        assert t["summary"]["test/policy/accuracy"] == result["methods"]["policy"]["accuracy"]
+        assert "eval/score" in t["summary"]  # what the engine optimises
+
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert len(frontier["points"]) == 3 and (out / "frontier.png").stat().st_size > 10_000
+    for p in frontier["points"]:
+        result = json.loads((Path(p["run_dir"]) / "eval.json").read_text())
+        assert p["accuracy"] == result["methods"]["policy"]["accuracy"]
+        assert p["best_static"] is None or p["best_static"]["name"] in result["methods"]
+    assert any(p["non_dominated"] for p in frontier["points"])
+    report = (out / "report.md").read_text()
+    assert report.count("| trial-") == 3
+    with pytest.raises(ConfigError, match="already holds a sweep"):
+        run_cli([str(SMOKE), "--local", "--out", str(out)])

@@ -24,7 +24,14 @@ import numpy as np
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import ProgramResultStore, program_store, reference_store
-from polar_rl.agents.run_dir import EVAL_FILE, check_writable, slug, write_json_atomic, write_jsonl_atomic
+from polar_rl.agents.run_dir import (
+    EVAL_FILE,
+    RunLock,
+    check_writable,
+    slug,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig, load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
@@ -435,24 +442,29 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     check_writable(run_dir, "run folder")  # results go there: fail before the work, not after
-    cfg = load_config(run_dir / "config.yaml")
-    if limit is None:
-        limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)
-    path = resolve_checkpoint(run_dir, checkpoint)
-    transfer = task_name is not None and task_name != cfg.task.name
-    eval_cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=task_name)) if transfer else cfg
-    task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
-    stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
-    model = load_algorithm(cfg.agent.algo, path)  # a damaged zip: one error, before the model loads
-    lm = load_lm(cfg)
-    tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
-    result = evaluate_and_report(
-        lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,
-        records_file=f"{stem}_records.jsonl", result_file=f"{stem}.json",
-        command=shlex.join(["polar-rl", "evaluate", *sys.argv[2:]]) if sys.argv[1:2] == ["evaluate"]
-        else f"polar-rl evaluate {run_dir} --split {split}",
-        extra={"policy_checkpoint": path.name, "trained_on": cfg.task.name},
-    )
+    # a run still training (or another evaluate) writes this folder: refuse at once, never interleave
+    lock = RunLock(run_dir).acquire()
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+        if limit is None:
+            limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)
+        path = resolve_checkpoint(run_dir, checkpoint)
+        transfer = task_name is not None and task_name != cfg.task.name
+        eval_cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=task_name)) if transfer else cfg
+        task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
+        stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
+        model = load_algorithm(cfg.agent.algo, path)  # a damaged zip: one error, before the model loads
+        lm = load_lm(cfg)
+        tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
+        result = evaluate_and_report(
+            lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,
+            records_file=f"{stem}_records.jsonl", result_file=f"{stem}.json",
+            command=shlex.join(["polar-rl", "evaluate", *sys.argv[2:]]) if sys.argv[1:2] == ["evaluate"]
+            else f"polar-rl evaluate {run_dir} --split {split}",
+            extra={"policy_checkpoint": path.name, "trained_on": cfg.task.name},
+        )
+    finally:
+        lock.release()
     print_summary(result)
     return result
 

@@ -242,6 +242,10 @@ def test_second_writer_of_a_run_folder_is_refused(killed_run: Path, capsys) -> N
     line = _one_error_line(err)
     assert "in use by another process" in line and str(killed_run) in line
     assert sorted(p.name for p in killed_run.rglob("*")) == before  # nothing written
+    with RunLock(killed_run):  # evaluate writes into the folder too: refused while it is held
+        code, _, err = _cli(capsys, "evaluate", killed_run, "--split", "val")
+    assert code == 2 and "in use by another process" in _one_error_line(err)
+    assert sorted(p.name for p in killed_run.rglob("*")) == before
     assert _cli(capsys, "train", "--resume", killed_run)[0] == 0  # released: resumable again
 
 

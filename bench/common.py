@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from polar_rl.fileio import write_text_atomic
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -28,8 +29,6 @@ def merge_results(values: dict[str, Any], path: Path = RESULTS) -> None:
     """Merge this benchmark's keys into results.json (atomic write)."""
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(values)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     for k, v in values.items():
         print(f"{k}: {v}")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polar_rl.config import EnvConfig
+from polar_rl.config import REWARD_MODES, EnvConfig
 from polar_rl.envs.prefix_cache import PrefixCache
 from polar_rl.masks import NUM_ACTIONS, MaskRules  # noqa: F401 - NUM_ACTIONS re-exported
 from polar_rl.models.adapter import LayerInputs, LayerModel
@@ -61,9 +61,6 @@ class _Episodes:
     failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     phi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shaping potential per episode
     block: int = 0
-
-
-REWARD_MODES = ("margin", "gold_logprob", "gold_prob", "correct")
 
 
 def choice_gold_logprob(scores: ChoiceScores) -> torch.Tensor:

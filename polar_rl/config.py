@@ -359,7 +359,7 @@ class EnvConfig(_Section):
 
     block_size: int = _opt(1, "consecutive layers per decision (must divide the model's layer count)")
     loop_runs: int = _opt(2, "how many times a LOOP block runs (>= 2)")
-    reward: str = _opt("margin", "task reward: margin, gold_logprob, gold_prob or correct")
+    reward: str = _opt("margin", f"task reward: {', '.join(REWARD_MODES[:-1])} or {REWARD_MODES[-1]}")
     relative_to_full: bool = _opt(
         False, "subtract the full model's task term on the same example (less variance, same optimum)"
     )
@@ -515,9 +515,7 @@ class BaselinesConfig(_Section):
 
     _name = "baselines"
 
-    families: list[str] = _opt(
-        ["bi", "skip_rank", "greedy", "random"], "static baseline families evaluated beside the policy"
-    )
+    families: list[str] = _opt(list(BASELINE_FAMILIES), "static baseline families evaluated beside the policy")
     search_limit: int | None = _opt(96, "train questions the search uses (null: all)")
     objective: str = _opt("gold_prob", "what the search keeps high: gold_prob (mean gold probability over the "
                                        "choices), margin (gold log-prob minus the best other) or gold_logprob")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polar_rl.fileio import atomic_open
+
 if TYPE_CHECKING:
     import torch
 
@@ -120,20 +122,16 @@ def _assembled_gguf(spec: str) -> Path:
     missing = [str(c) for c in chunks if not c.is_file()]
     if missing:
         raise ModelSpecError(f"model {spec!r}: chunk files missing from the installed packages: {', '.join(missing)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                with open(chunk, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 22)
-        got = sha256_file(Path(tmp_name))
-        if got != expected:
+    with atomic_open(target, "wb") as out:  # a half-joined or unverified file never looks complete
+        h = hashlib.sha256()
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+        got = h.hexdigest()
+        if got != expected:  # raised inside: the temp file is removed, the target left as it was
             raise ModelSpecError(f"model {spec!r}: the joined chunks have sha256 {got}, {sums} says {expected}")
-        os.replace(tmp_name, target)  # atomic: a half-written file never looks complete
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
     return target
 
 

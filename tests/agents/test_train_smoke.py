@@ -7,6 +7,7 @@ the run-folder, eval.json, W&B and re-evaluation tests.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,14 +131,25 @@ def test_evaluate_command_re_evaluates_the_run(smoke_run: Path, capsys: pytest.C
     assert result["methods"]["full"]["accuracy"] == sum(first) / 4
 
 
-def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(smoke_run: Path) -> None:
+def test_evaluate_at_a_compute_target_calibrates_on_the_eval_split(
+    smoke_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli.main(["evaluate", str(smoke_run), "--split", "test", "--limit", "4", "--no-progress",
                      "--target-compute", "0.5"])
+    out = capsys.readouterr().out
     assert code == 0
     result = json.loads((smoke_run / "eval_test.json").read_text())
     assert {"full", "policy"} <= set(result["methods"])
     assert 0 < result["skip_threshold"] <= 1 and result["policy_decoding"].startswith("skip_threshold")
-    assert result["methods"]["policy"]["compute_fraction"] < 1.0
+    # the calibration (agents.evaluate.threshold_for_target) on the 8 val questions, as it reports it
+    found = re.search(r"skip threshold (\S+): compute fraction ([0-9.]+) on val \(target 0.5\)", out)
+    assert found, out
+    assert found[1] == f"{result['skip_threshold']:.4g}"  # the threshold evaluated is the one calibrated
+    # Calibrated compute: <= the target, and near it. A decision is a block of 5 of 30 layers; bisection
+    # pins tau to a factor exp(ln(1e4) / 2**8) ~ 1.04, and a barely trained policy gives one block
+    # near-equal SKIP probabilities on every question, so one tau step may flip that block on all 8
+    # questions at once: the granularity is one block, 5/30 of the compute.
+    assert 0.5 - 5 / 30 - 1e-3 <= float(found[2]) <= 0.5, out
 
 
 def test_evaluate_curves_gives_every_k_of_every_family(smoke_run: Path) -> None:

@@ -35,5 +35,4 @@ def test_answer_extraction_scores_a_planted_answer(real_model):
     """A context that forces the answer: the pipeline extracts and matches the number."""
     ex = GenExample("toy/1", "Question: Repeat: So the answer is 42.\nAnswer: So the answer is", "42", ("\n\n",))
     [r] = generate_answers(real_model, [ex], None, max_new_tokens=4)
-    assert r.prediction is not None
-    assert r.correct == (r.prediction == "42")
+    assert r.prediction == "42" and r.correct, r.text  # the planted answer is found and scored right

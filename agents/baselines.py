@@ -38,6 +38,7 @@ import torch
 
 from polar_rl.agents.run_dir import slug, write_json_atomic
 from polar_rl.config import BASELINE_FAMILIES as FAMILIES
+from polar_rl.config import SEARCHED_FAMILIES
 from polar_rl.envs.engine import choice_gold_logprob, task_term
 from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.models.loading import cache_root
@@ -443,7 +444,7 @@ def print_baselines(found: StaticBaselines) -> None:
     for k in range(1, found.max_k + 1):
         table.add_row(
             str(k), f"{1 - k / found.num_blocks:.3f}", *(",".join(map(str, found.skipped(f, k)))
-                                                          for f in ("bi", "skip_rank", "greedy")), f"{found.greedy_objective[k - 1]:.3f}", f"{found.greedy_accuracy[k - 1]:.3f}",
+                                                          for f in SEARCHED_FAMILIES), f"{found.greedy_objective[k - 1]:.3f}", f"{found.greedy_accuracy[k - 1]:.3f}",
         )
     import sys
 

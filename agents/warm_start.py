@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from polar_rl.agents.baselines import StaticBaselines, max_skips
-from polar_rl.config import Config, ConfigError
+from polar_rl.config import SEARCHED_FAMILIES, Config, ConfigError
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import constant_policy
 from polar_rl.program import runs_string
@@ -35,7 +35,7 @@ def candidate_names(cfg: Config, found: StaticBaselines) -> list[str]:
     assert name is not None
     if name != "best":
         family, _, k = name.rpartition("_")
-        if family not in ("bi", "skip_rank", "greedy") or not k.isdigit():
+        if family not in SEARCHED_FAMILIES or not k.isdigit():
             raise ConfigError(f"agent.warm_start: {name!r} is not 'best' or a static program bi_K, skip_rank_K or "
                               f"greedy_K (K = skipped blocks)")
         return [name]

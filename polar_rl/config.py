@@ -63,7 +63,8 @@ MINIBATCH_ALGORITHMS: frozenset[str] = frozenset({"ppo", "maskable_ppo"})
 REWARD_MODES: tuple[str, ...] = ("margin", "gold_logprob", "gold_prob", "correct")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 TRACKING_MODES: tuple[str, ...] = ("offline", "online", "disabled")
-BASELINE_FAMILIES: tuple[str, ...] = ("bi", "skip_rank", "greedy", "random")
+SEARCHED_FAMILIES: tuple[str, ...] = ("bi", "skip_rank", "greedy")  # static programs chosen on the train split
+BASELINE_FAMILIES: tuple[str, ...] = (*SEARCHED_FAMILIES, "random")
 SEARCH_OBJECTIVES: tuple[str, ...] = ("gold_prob", "margin", "gold_logprob")  # task terms a static search maximises
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # spellings wandb itself accepts
 _DEVICE_RE = re.compile(r"^(?:cpu|mps|cuda(?::\d+)?)$")
@@ -458,7 +459,7 @@ class AgentConfig(_Section):
             if len(p) != 3 or any(not (0 < x < 1) for x in p) or abs(sum(p) - 1) > 1e-6:
                 raise self._fail("init_action_probs", "3 probabilities in (0, 1) summing to 1", p)
         self._positive("warm_start_epochs", "warm_start_episodes")
-        if self.warm_start is not None and not re.fullmatch(r"best|(bi|skip_rank|greedy)_[1-9][0-9]*", self.warm_start):
+        if self.warm_start is not None and not re.fullmatch(rf"best|({'|'.join(SEARCHED_FAMILIES)})_[1-9][0-9]*", self.warm_start):
             raise ConfigError(f"agent.warm_start: {self.warm_start!r} is not 'best' or a static program bi_K, "
                               f"skip_rank_K or greedy_K (K = skipped blocks)")
         own = {f.name for f in fields(self)} - {"algo", "kwargs"}

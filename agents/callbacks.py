@@ -72,6 +72,7 @@ class ProgramEvalCallback(BaseCallback):
         best_metric: str,
         run_dir: Path,
         best: float = -np.inf,
+        min_delta: float = 0.0,
         verbose: int = 0,
         eval_at_start: bool = False,
     ) -> None:
@@ -82,6 +83,7 @@ class ProgramEvalCallback(BaseCallback):
         self.eval_engine, self.eval_freq = eval_engine, eval_freq
         self.score_penalty, self.best_metric = score_penalty, best_metric
         self.run_dir, self.best = Path(run_dir), best
+        self.min_delta = min_delta
         self.last_metrics: dict[str, float] = {}
         self._last = 0
 
@@ -117,7 +119,7 @@ class ProgramEvalCallback(BaseCallback):
             self.logger.record(key, value)
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(self.num_timesteps)
-        if metrics[self.best_metric] > self.best:
+        if metrics[self.best_metric] > self.best + self.min_delta:
             self.best = metrics[self.best_metric]
             save_model_atomic(self.model, self.run_dir / "best_model.zip")
             write_json_atomic(self.run_dir / BEST_INFO, {"metric": self.best_metric, "value": self.best,

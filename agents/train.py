@@ -237,7 +237,7 @@ def _train_and_evaluate(cfg: Config, lm: Any, model: Any, env: Any, venv: LayerP
     callbacks = CallbackList([
         EpisodeMetricsCallback(venv.engine),
         ProgramEvalCallback(eval_engine, cfg.training.eval_freq, cfg.training.score_penalty,
-                            cfg.training.best_metric, run_dir, best=best,
+                            cfg.training.best_metric, run_dir, best=best, min_delta=cfg.training.best_min_delta,
                             eval_at_start=cfg.agent.warm_start is not None),
         CheckpointWithRngCallback(run_dir, cfg.training.checkpoint_freq, venv.engine),
     ])

@@ -500,12 +500,16 @@ class TrainingConfig(_Section):
         "calibrated on the eval split so its compute fraction is <= this (null: greedy only)"
     )
     best_metric: str = _opt("eval/score", "logged metric (higher is better) that picks the best checkpoint")
+    best_min_delta: float = _opt(
+        0.0, "a checkpoint replaces best_model.zip only when best_metric beats the best so far by more than this "
+        "(0: any improvement, as SB3's EvalCallback; a tie within it keeps the earlier model, e.g. the warm start)"
+    )
     progress_bar: bool = _opt(True, "show a progress bar")
 
     def _check(self) -> None:
         self._positive("total_timesteps", "eval_freq", "checkpoint_freq")
-        self._finite("score_penalty", "target_compute")
-        self._non_negative("score_penalty")
+        self._finite("score_penalty", "target_compute", "best_min_delta")
+        self._non_negative("score_penalty", "best_min_delta")
         self._positive("target_compute")
         self._non_empty("best_metric")
 

@@ -200,3 +200,42 @@ def test_rng_state_round_trip() -> None:
     restore_rng(state, engine)  # type: ignore[arg-type]
     assert draws() == first
     assert engine._order.tolist() == [2, 0, 1] and engine._cursor == 1
+
+
+def test_best_checkpoint_needs_min_delta_to_replace_the_warm_start(tmp_path: Path, monkeypatch) -> None:
+    """Seed 1 of the main job: a PPO checkpoint tied the cloned program on val (same questions right,
+    compute lower by float dust) and replaced it as best_model.zip. With ``min_delta`` it does not;
+    one more question right does."""
+    import types
+
+    import polar_rl.agents.callbacks as cb
+    from stable_baselines3.common.logger import Logger
+
+    n, layers = 110, 30
+    evaluations = iter([(57, 27.0), (57, 26.999), (58, 27.0)])  # (questions right, mean layer calls)
+
+    def fake_rollout(engine, policy):
+        right, calls = next(evaluations)
+        return ([{"correct": i < right, "layer_calls": calls, "full_correct": True} for i in range(n)], 0.01)
+
+    saved: list[int] = []
+
+    class Model:
+        logger = Logger(None, [])
+        num_timesteps = 0
+
+        def save(self, f) -> None:
+            saved.append(self.num_timesteps)
+            f.write(b"zip")
+
+    monkeypatch.setattr(cb, "rollout", fake_rollout)
+    monkeypatch.setattr(cb, "sb3_policy", lambda model, deterministic: None)
+    engine = types.SimpleNamespace(lm=types.SimpleNamespace(num_layers=layers))
+    callback = cb.ProgramEvalCallback(engine, 10, 0.1, "eval/score", tmp_path, min_delta=0.005)  # type: ignore[arg-type]
+    model = Model()
+    callback.model = model  # type: ignore[assignment]
+    for step in (0, 10, 20):
+        model.num_timesteps = callback.num_timesteps = step
+        callback.evaluate()
+    assert saved == [0, 20]  # the tie at step 10 (score higher by 3e-6) kept the warm start
+    assert json.loads((tmp_path / "best_model.json").read_text())["step"] == 20

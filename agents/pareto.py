@@ -9,7 +9,9 @@ static programs at the policy's compute) and writes, in the sweep folder:
   policies), the full model, and the static programs every trial evaluated (the union: each is the
   same program on the same questions, read from the program cache);
 - ``frontier.png``: accuracy vs compute with CI bars, the static families as curves, the full model,
-  the policies labelled by their swept values, non-dominated ones ringed;
+  the policies labelled by their swept values, non-dominated ones ringed, and the ceiling of any
+  per-question router over the same static programs (``oracle``: right when some program of no more
+  compute is right);
 - ``report.md``: the same as a table.
 """
 
@@ -97,11 +99,42 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
         })
     for p, flag in zip(points, non_dominated(points), strict=True):
         p["non_dominated"] = flag
+    finished = [t for t in state["trials"] if t["state"] == "finished"]
     return {"sweep": str(sweep_dir), "task": header.get("task"), "split": header.get("split"),
             "n": header.get("n"), "model": header.get("model"), "full": full,
             "points": sorted(points, key=lambda p: p["compute_fraction"]),
             "static": dict(sorted(statics.items(), key=lambda kv: (kv[0].rsplit("_", 1)[0], kv[1]["compute_fraction"]))),
+            "oracle": oracle_curve(sweep_dir, finished, list(statics)),
             "trials": len(state["trials"]), "finished": len(points)}
+
+
+def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], static_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The ceiling of any per-question router over the static programs the trials evaluated: at each
+    compute c of a static program, a question counts as right when *some* program of compute <= c gets
+    it right (read from the trials' ``eval_records.jsonl``). A policy above it would need programs
+    outside the set; far below it, the router (not the programs) is what is missing."""
+    correct: dict[str, dict[str, bool]] = {}
+    compute: dict[str, float] = {}
+    for trial in trials:
+        path = Path(trial["run_dir"]) / "eval_records.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r["method"] in static_names and r["method"] not in correct:
+                correct[r["method"]] = {}
+            if r["method"] in correct:
+                correct[r["method"]].setdefault(r["example_id"], bool(r["correct"]))
+                compute[r["method"]] = float(r["compute_fraction"])
+    if not correct:
+        return []
+    questions = set.intersection(*(set(v) for v in correct.values()))
+    curve = []
+    for c in sorted(set(compute.values())):
+        usable = [n for n in correct if compute[n] <= c + 1e-9]
+        right = sum(any(correct[n][q] for n in usable) for q in questions)
+        curve.append({"compute_fraction": c, "accuracy": right / max(1, len(questions)), "programs": len(usable)})
+    return curve
 
 
 def _label(point: dict[str, Any]) -> str:
@@ -131,6 +164,10 @@ def plot_frontier(data: dict[str, Any], path: Path) -> None:
         f = data["full"]
         ax.errorbar([1.0], [f["accuracy"]], yerr=[[f["accuracy"] - f["accuracy_ci"][0]], [f["accuracy_ci"][1] - f["accuracy"]]],
                     color="black", marker="D", markersize=8, capsize=3, label="full model")
+    if data.get("oracle"):
+        o = data["oracle"]
+        ax.plot([p["compute_fraction"] for p in o], [p["accuracy"] for p in o], color="grey", linestyle="--",
+                label="oracle router over these static programs (ceiling)")
     pts = data["points"]
     if pts:
         ax.errorbar([p["compute_fraction"] for p in pts], [p["accuracy"] for p in pts],
@@ -168,6 +205,10 @@ def report_table(data: dict[str, Any]) -> str:
         lines.append(f"| {p['trial']}{' *' if p['non_dominated'] else ''} | {_label(p)} | {p['accuracy']:.3f} "
                      f"[{lo:.3f}, {hi:.3f}] | {p['compute_fraction']:.3f} | {flops} | {p['delta_vs_full']:+.3f} "
                      f"({p['p_vs_full']:.3g}) | {static} | {vs} |")
+    if data.get("oracle"):
+        lines += ["", "Ceiling of a per-question router over these static programs (a question is right when any "
+                  "program of compute <= c gets it right): " + ", ".join(
+                      f"{p['accuracy']:.3f} @ {p['compute_fraction']:.3f}" for p in data["oracle"])]
     lines += ["", "Static programs evaluated by the trials (the same programs on the same questions):", "",
               "| program | accuracy [95 % CI] | compute |", "|---|---|---|"]
     for name, m in data["static"].items():

@@ -208,8 +208,9 @@ def test_best_checkpoint_needs_min_delta_to_replace_the_warm_start(tmp_path: Pat
     one more question right does."""
     import types
 
-    import polar_rl.agents.callbacks as cb
     from stable_baselines3.common.logger import Logger
+
+    import polar_rl.agents.callbacks as cb
 
     n, layers = 110, 30
     evaluations = iter([(57, 27.0), (57, 26.999), (58, 27.0)])  # (questions right, mean layer calls)

@@ -111,7 +111,55 @@ def test_smoke_sweep_runs_offline_resumes_without_rerunning_and_draws_the_fronti
         assert p["accuracy"] == result["methods"]["policy"]["accuracy"]
         assert p["best_static"] is None or p["best_static"]["name"] in result["methods"]
     assert any(p["non_dominated"] for p in frontier["points"])
+    oracle = frontier["oracle"]
+    assert [o["accuracy"] for o in oracle] == sorted(o["accuracy"] for o in oracle)  # more programs: never worse
+    for m in frontier["static"].values():  # the ceiling is above every program it may route to
+        assert next(o for o in oracle if o["compute_fraction"] >= m["compute_fraction"] - 1e-9)["accuracy"] >= m["accuracy"]
     report = (out / "report.md").read_text()
     assert report.count("| trial-") == 3
     with pytest.raises(ConfigError, match="already holds a sweep"):
         run_cli([str(SMOKE), "--local", "--out", str(out)])
+
+
+def _method(acc: float, compute: float, p: float = 0.5) -> dict:
+    return {"accuracy": acc, "accuracy_ci": [acc - 0.02, acc + 0.02], "compute_fraction": compute,
+            "flops_fraction": compute, "delta_vs_full": acc - 0.5, "mcnemar": {"p_value": p},
+            "vs_policy": {"mcnemar": {"p_value": p}}, "program": "x"}
+
+
+def test_frontier_marks_dominated_trials_and_pairs_each_with_its_static_program(tmp_path: Path) -> None:
+    """Two trials on the same test set: the second is dominated (less accurate at more compute); each is
+    compared with the most accurate static program at its compute; the oracle router's ceiling is
+    computed from the per-question records."""
+    from polar_rl.agents.pareto import write_frontier
+
+    records = {  # per question: full, greedy_3 (0.9), greedy_6 (0.8)
+        "full": [1, 1, 0, 0], "greedy_3": [1, 0, 1, 0], "greedy_6": [0, 1, 0, 0], "bi_3": [0, 0, 0, 0]}
+    trials = []
+    for name, (acc, compute) in {"trial-000": (0.52, 0.80), "trial-001": (0.50, 0.90)}.items():
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        methods = {"full": _method(0.5, 1.0), "policy": _method(acc, compute), "greedy_3": _method(0.5, 0.9, 0.04),
+                   "bi_3": _method(0.44, 0.9), "greedy_6": _method(0.25, 0.8, 0.001)}
+        (run / "eval.json").write_text(json.dumps({"task": "arc_easy", "split": "test", "n": 4, "model": "m",
+                                                   "model_hash": "h", "compute_penalty": 0.1, "seed": 0,
+                                                   "methods": methods}))
+        (run / "eval_records.jsonl").write_text("".join(
+            json.dumps({"method": m, "example_id": f"q{i}", "correct": bool(c),
+                        "compute_fraction": methods[m]["compute_fraction"]}) + "\n"
+            for m, cs in records.items() for i, c in enumerate(cs)))
+        trials.append({"name": name, "params": {"env.compute_penalty": compute}, "state": "finished",
+                       "run_dir": str(run)})
+    trials.append({"name": "trial-002", "params": {}, "state": "failed", "run_dir": str(tmp_path / "none")})
+    (tmp_path / "sweep.json").write_text(json.dumps({"format": 1, "trials": trials}))
+
+    data = write_frontier(tmp_path)
+    by_trial = {p["trial"]: p for p in data["points"]}
+    assert by_trial["trial-000"]["non_dominated"] and not by_trial["trial-001"]["non_dominated"]
+    assert by_trial["trial-000"]["best_static"]["name"] == "greedy_6"
+    assert by_trial["trial-001"]["best_static"]["name"] == "greedy_3"  # not bi_3, less accurate at 0.9
+    assert by_trial["trial-001"]["best_static"]["policy_minus_static"] == pytest.approx(0.0)
+    assert data["oracle"] == [{"compute_fraction": 0.8, "accuracy": 0.25, "programs": 1},
+                              {"compute_fraction": 0.9, "accuracy": 0.75, "programs": 3}]
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000 and data["finished"] == 2 and data["trials"] == 3
+    assert "trial-000 *" in (tmp_path / "report.md").read_text()

@@ -163,3 +163,14 @@ def test_frontier_marks_dominated_trials_and_pairs_each_with_its_static_program(
                               {"compute_fraction": 0.9, "accuracy": 0.75, "programs": 3}]
     assert (tmp_path / "frontier.png").stat().st_size > 10_000 and data["finished"] == 2 and data["trials"] == 3
     assert "trial-000 *" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_config_is_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every parameter of the shipped sweep configs is a config key with valid values (dry run)."""
+    from polar_rl.agents.sweep import read_sweep_config, validate
+
+    monkeypatch.chdir(REPO)  # the commands name their base config relative to the repository
+    cfg = read_sweep_config(path)
+    validate(cfg, str(path))
+    assert run_cli([str(path), "--dry-run", "--count", "1"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,36 @@ def test_every_shipped_sweep_config_is_valid(path: Path, monkeypatch: pytest.Mon
     cfg = read_sweep_config(path)
     validate(cfg, str(path))
     assert run_cli([str(path), "--dry-run", "--count", "1"]) == 0
+
+
+def test_resume_continues_an_interrupted_trial_from_its_checkpoint_or_restarts_it(tmp_path: Path, monkeypatch) -> None:
+    """A sweep killed mid-trial: the trial with a checkpoint is resumed with ``train --resume``; one killed
+    before its first checkpoint starts over under a new run folder; finished and failed ones are left."""
+    import polar_rl.agents.sweep as sw
+    from polar_rl.agents.run_dir import checkpoint_paths
+
+    monkeypatch.chdir(REPO)
+    cfg = to_builtin(sw.read_sweep_config(SMOKE))
+    runs = tmp_path / "runs"
+    for steps, name in ((64, "trial-000"), (None, "trial-001")):
+        (runs / name).mkdir(parents=True)
+        if steps:
+            for p in checkpoint_paths(runs / name, steps):
+                p.parent.mkdir(exist_ok=True)
+                p.write_bytes(b"x")
+    trials = [sw.Trial("trial-000", {"env.compute_penalty": 0.05}, "running", str(runs / "trial-000")),
+              sw.Trial("trial-001", {"env.compute_penalty": 0.2}, "running", str(runs / "trial-001")),
+              sw.Trial("trial-002", {"env.compute_penalty": 0.8}, "failed", str(runs / "trial-002"), exitcode=1)]
+    sw.Sweep(tmp_path, cfg, str(SMOKE), "sweep-x", trials).save()
+    started: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(sw.LocalSweep, "start", lambda self, trial, command: started.append((trial.name, command)))
+    sweep = sw.Sweep.load(tmp_path)
+    local = sw.LocalSweep(sweep)
+    for trial in [t for t in sweep.trials if t.state not in sw.TERMINAL]:
+        local.restart(trial)
+    assert started[0] == ("trial-000", [sys.executable, "-m", "polar_rl.agents.cli", "train", "--resume",
+                                        str(runs / "trial-000")])
+    assert started[1][0] == "trial-001" and "--run_name=trial-001-attempt2" in started[1][1]
+    assert "--env.compute_penalty=0.2" in started[1][1] and sweep.trials[1].run_dir.endswith("trial-001-attempt2")
+    assert sweep.trials[2].state == "failed" and len(started) == 2
+    assert local.propose() is None  # the grid's three points are all taken: nothing new to run

@@ -176,9 +176,12 @@ def plot_frontier(data: dict[str, Any], path: Path) -> None:
         nd = [p for p in pts if p["non_dominated"]]
         ax.scatter([p["compute_fraction"] for p in nd], [p["accuracy"] for p in nd], s=300, facecolors="none",
                    edgecolors="tab:red", label="non-dominated policies")
+        same: dict[tuple[float, float], list[str]] = defaultdict(list)  # trials that landed on one point
         for p in pts:
-            ax.annotate(_label(p), (p["compute_fraction"], p["accuracy"]), textcoords="offset points",
-                        xytext=(4, -12), fontsize=7, color="tab:red")
+            same[(round(p["compute_fraction"], 4), round(p["accuracy"], 4))].append(_label(p))
+        for (x, y), labels in same.items():
+            ax.annotate("; ".join(labels), (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7,
+                        color="tab:red")
     ax.set_xlabel("compute fraction (layer calls / layers)")
     ax.set_ylabel(f"accuracy on {data['task']} / {data['split']} (n={data['n']}), 95 % CI")
     ax.set_title(f"{data['model']}: sweep frontier ({data['finished']} of {data['trials']} trials finished)")

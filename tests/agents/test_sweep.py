@@ -208,3 +208,38 @@ def test_resume_continues_an_interrupted_trial_from_its_checkpoint_or_restarts_i
     assert "--env.compute_penalty=0.2" in started[1][1] and sweep.trials[1].run_dir.endswith("trial-001-attempt2")
     assert sweep.trials[2].state == "failed" and len(started) == 2
     assert local.propose() is None  # the grid's three points are all taken: nothing new to run
+
+
+def test_hyperband_stops_a_trial_that_falls_behind(tmp_path: Path) -> None:
+    """Hyperband reads each trial's ``eval/score`` rows from its metrics.jsonl while it runs; the trial below
+    the band's threshold is sent SIGTERM and recorded as killed (early terminated), the other runs on."""
+    import subprocess
+    import time
+
+    import polar_rl.agents.sweep as sw
+
+    cfg = {"method": "grid", "metric": {"name": "eval/score", "goal": "maximize"},
+           "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+           "parameters": {"seed": {"values": [0, 1, 2, 3, 4]}}}
+    scores = {0: [0.5, 0.55, 0.6], 1: [0.5, 0.56], 2: [0.5, 0.57], 3: [0.2, 0.21], 4: [0.7, 0.71]}
+    trials = []
+    for seed, values in scores.items():
+        run = tmp_path / "runs" / f"trial-{seed:03d}"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "eval/score": v}) + "\n"
+                                                   for i, v in enumerate(values)))
+        trials.append(sw.Trial(run.name, {"seed": seed}, "finished" if seed < 3 else "running", str(run)))
+    sweep = sw.Sweep(tmp_path, cfg, "x.yaml", "sweep-x", trials)
+    local = sw.LocalSweep(sweep)
+    for t in trials[3:]:
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        local.running.append(sw.Running(t, proc, open(tmp_path / f"{t.name}.log", "w")))
+    local.reap()  # decides: trial-003 falls behind at the second evaluation
+    assert trials[3].early_terminated and not trials[4].early_terminated
+    deadline = time.time() + 30
+    while local.running[0].process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    local.reap()
+    assert trials[3].state == "killed" and trials[4].state == "running"
+    local.running[0].process.kill()
+    local.running[0].process.wait()

@@ -36,6 +36,26 @@ FORMAT = 2
 SCORING = "rc: sum log p(choice | context), packed choices; margin = gold - best other; gold_logprob over choices; v1"
 
 
+def _read_section(path: Path, identity: tuple, section: str, what: str) -> dict[str, dict]:
+    """The mapping ``section`` of a cache file written for ``identity`` (format, model hash, dtype, device);
+    empty, with a warning, when the file is for something else or unreadable (a cache never costs a run)."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        found = (raw["format"], raw["model_hash"], raw["dtype"], raw["device"])
+        if found != identity:
+            print(f"warning: ignoring {what} cache {path}: it is for {found}, not {identity}")
+            return {}
+        data = raw[section]
+        if not isinstance(data, dict):
+            raise TypeError(f"{section} is {type(data).__name__}, not a mapping")
+        return data
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"warning: ignoring unreadable {what} cache {path}: {e}")
+        return {}
+
+
 def example_hash(example: MCExample) -> str:
     """Hash of what the full model's result on ``example`` depends on: its content and the scoring rule."""
     payload = json.dumps({"context": example.context, "choices": list(example.choices), "gold": example.gold,
@@ -58,22 +78,7 @@ class ReferenceStore:
 
     def _read_entries(self) -> dict[str, dict]:
         """The file's entries when it is for this model, dtype and device (else empty)."""
-        if not self.path.is_file():
-            return {}
-        try:
-            raw = json.loads(self.path.read_text())
-            identity = (raw["format"], raw["model_hash"], raw["dtype"], raw["device"])
-            if identity != (FORMAT, self.model_hash, self.dtype, self.device):
-                print(f"warning: ignoring reference cache {self.path}: it is for {identity}, not "
-                      f"{(FORMAT, self.model_hash, self.dtype, self.device)}")
-                return {}
-            entries = raw["entries"]
-            if not isinstance(entries, dict):
-                raise TypeError(f"entries is {type(entries).__name__}, not a mapping")
-            return entries
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"warning: ignoring unreadable reference cache {self.path}: {e}")
-            return {}
+        return _read_section(self.path, (FORMAT, self.model_hash, self.dtype, self.device), "entries", "reference")
 
     @staticmethod
     def _reference(entry: dict) -> Reference:
@@ -166,20 +171,7 @@ class ProgramResultStore:
         return f"b{block_size}l{loop_runs}:" + "".join(str(int(r)) for r in runs)
 
     def _read(self) -> dict[str, dict]:
-        if not self.path.is_file():
-            return {}
-        try:
-            raw = json.loads(self.path.read_text())
-            if (raw["format"], raw["model_hash"], raw["dtype"], raw["device"]) != (
-                    FORMAT, self.model_hash, self.dtype, self.device):
-                return {}
-            programs = raw["programs"]
-            if not isinstance(programs, dict):
-                raise TypeError(f"programs is {type(programs).__name__}, not a mapping")
-            return programs
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"warning: ignoring unreadable program cache {self.path}: {e}")
-            return {}
+        return _read_section(self.path, (FORMAT, self.model_hash, self.dtype, self.device), "programs", "program")
 
     def load(self, runs: Sequence[int], block_size: int, loop_runs: int,
              example_ids: Sequence[str]) -> tuple[list[dict[str, Any]], float | None] | None:

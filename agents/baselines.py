@@ -457,7 +457,7 @@ def print_baselines(found: StaticBaselines) -> None:
 
 
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from polar_rl.config import add_config_arguments
+    from polar_rl.config_sources import add_config_arguments
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -470,7 +470,8 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run_cli(argv: Sequence[str], prog: str = "polar-rl baselines") -> int:
     from polar_rl.agents.evaluate import load_lm
-    from polar_rl.config import ConfigError, load_config, overrides_from_args
+    from polar_rl.config import ConfigError
+    from polar_rl.config_sources import load_config, overrides_from_args
 
     args, unknown = make_parser(prog).parse_known_args(argv)
     if args.limit is not None and args.limit < 1:

@@ -14,7 +14,6 @@ per example is cached on disk (:mod:`polar_rl.agents.reference_store`). ``train`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from polar_rl.agents.run_dir import (
     write_jsonl_atomic,
 )
 from polar_rl.compute import flops_fraction
-from polar_rl.config import Config, ConfigError, EnvConfig, load_config
+from polar_rl.config import Config, ConfigError, EnvConfig
+from polar_rl.config_sources import load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
 from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs, sb3_policy
 from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
@@ -162,7 +162,7 @@ def adaptivity(runs: list[list[int]]) -> dict[str, Any]:
 
 def static_env(env: EnvConfig) -> EnvConfig:
     """The env settings static programs run under: no masks (they skip any block, as searched)."""
-    return dataclasses.replace(env, max_compute_fraction=None, always_execute=[], max_loops=None)
+    return env.replace(max_compute_fraction=None, always_execute=[], max_loops=None)
 
 
 def evaluate_methods(
@@ -450,7 +450,7 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
             limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)
         path = resolve_checkpoint(run_dir, checkpoint)
         transfer = task_name is not None and task_name != cfg.task.name
-        eval_cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=task_name)) if transfer else cfg
+        eval_cfg = cfg.replace(task=cfg.task.replace(name=task_name)) if transfer else cfg
         task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
         stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
         model = load_algorithm(cfg.agent.algo, path)  # a damaged zip: one error, before the model loads

@@ -15,7 +15,6 @@ place, so a failed export never leaves a folder that looks complete. Nothing is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import shutil
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from polar_rl.config import ConfigError, EnvConfig, load_config
+from polar_rl.config import ConfigError, EnvConfig
+from polar_rl.config_sources import load_config
 from polar_rl.fileio import write_text_atomic
 from polar_rl.masks import MaskRules
 from polar_rl.models.adapter import LayerModel
@@ -214,7 +214,7 @@ def main(run_dir: str | Path, checkpoint: str = "best", fmt: str = "onnx", out: 
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": path.name, "algo": cfg.agent.algo,
               "num_timesteps": int(getattr(model, "num_timesteps", 0)), "task": cfg.task.name, "seed": cfg.seed,
               "compute_penalty": cfg.env.compute_penalty, "git_commit": git[1] if len(git) > 1 else None,
-              "env": dataclasses.asdict(cfg.env)}
+              "env": cfg.env.to_dict()}
     target = Path(out) if out is not None else run_dir / "export"
     export_policy(model, lm, cfg.env, target, FORMATS[fmt], source, dtype=str(cfg.model.dtype), force=force)
     print(f"exported {path.name} ({', '.join(FORMATS[fmt])}) to {target}")

@@ -47,7 +47,8 @@ from polar_rl.agents.run_dir import (
     slug,
     write_json_atomic,
 )
-from polar_rl.config import ConfigError, load_config
+from polar_rl.config import ConfigError
+from polar_rl.config_sources import load_config
 
 SWEEP_FILE = "sweep.json"
 FORMAT = 1

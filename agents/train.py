@@ -66,14 +66,8 @@ from polar_rl.agents.run_dir import (
     write_provenance,
 )
 from polar_rl.agents.wandb_output import WandbWriter, finish_run, log_summary, start_run
-from polar_rl.config import (
-    Config,
-    ConfigError,
-    add_config_arguments,
-    load_config,
-    overrides_from_args,
-    save_config,
-)
+from polar_rl.config import Config, ConfigError
+from polar_rl.config_sources import add_config_arguments, load_config, overrides_from_args, save_config
 from polar_rl.envs.vec_env import LayerProgramVecEnv
 from polar_rl.fileio import write_text_atomic
 

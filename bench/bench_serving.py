@@ -41,7 +41,7 @@ def fresh_export(lm: polar_rl.LayerModel, out: Path) -> Path:
 
     from polar_rl.agents.algorithms import set_initial_action_probs
     from polar_rl.agents.export import export_policy
-    from polar_rl.config import load_config
+    from polar_rl.config_sources import load_config
     from polar_rl.envs.vec_env import LayerProgramVecEnv
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")

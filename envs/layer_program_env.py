@@ -19,8 +19,6 @@ def make_engine_inputs(
     model: LayerModel | str | None, task: Task | str | None, split: str, config: EnvConfig | None, **overrides: Any
 ) -> tuple[LayerModel, Task, EnvConfig]:
     """Resolve model / task / config arguments (names are loaded; objects pass through)."""
-    from dataclasses import replace
-
     from polar_rl.models.loading import DEFAULT_MODEL, load_model
     from polar_rl.tasks import load_task
 
@@ -28,7 +26,7 @@ def make_engine_inputs(
     tk = task if isinstance(task, Task) else load_task(task or "arc_easy", split)
     cfg = config or EnvConfig()
     if overrides:
-        cfg = replace(cfg, **overrides)
+        cfg = cfg.replace(**overrides)
     return lm, tk, cfg
 
 

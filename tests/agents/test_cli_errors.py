@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from polar_rl.agents import cli
-from polar_rl.config import Config, save_config
+from polar_rl.config import Config
+from polar_rl.config_sources import save_config
 from tests.agents.helpers import run_dirs, run_polar_rl
 
 
@@ -32,7 +33,7 @@ def _train(capsys: pytest.CaptureFixture[str], output_dir: Path, *args: str) -> 
         (["--env.compute_penaltyy", "0.1"], ["unknown key 'env.compute_penaltyy'", "did you mean 'compute_penalty'"]),
         (["--env.compute_penalty", "-0.1"], ["env.compute_penalty must be >= 0", "-0.1"]),
         (["--training.total_timesteps", "0"], ["training.total_timesteps must be > 0", "0"]),
-        (["--agent.algo", "dqn"], ["unknown algorithm 'dqn'", "maskable_ppo"]),
+        (["--agent.algo", "dqn"], ["unknown value 'dqn'", "maskable_ppo"]),
         (["--env.n_envs", "3", "--agent.n_steps", "10", "--agent.batch_size", "8"],
          ["env.n_envs (3) x agent.n_steps (10) = 30 is not a multiple of agent.batch_size (8)"]),
         (["--agent.algo", "ppo", "--env.max_loops", "2"], ["agent.algo='ppo' cannot use action masks", "env.max_loops=2"]),

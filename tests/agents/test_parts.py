@@ -24,7 +24,8 @@ from polar_rl.agents.run_dir import (
     write_json_atomic,
 )
 from polar_rl.agents.wandb_output import WandbWriter
-from polar_rl.config import ALGORITHMS, Config, ConfigError, load_config
+from polar_rl.config import ALGORITHMS, Config, ConfigError
+from polar_rl.config_sources import load_config
 from polar_rl.envs.engine import Reference
 
 

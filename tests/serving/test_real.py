@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from polar_rl.config import AgentConfig, Config, EnvConfig, save_config
+from polar_rl.config import AgentConfig, Config, EnvConfig
+from polar_rl.config_sources import save_config
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import rollout, sb3_policy
 from polar_rl.serving import PolarRunner

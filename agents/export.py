@@ -30,7 +30,7 @@ from torch import nn
 
 from polar_rl.config import ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
-from polar_rl.fileio import write_text_atomic
+from polar_rl.fileio import replace_folder, write_text_atomic
 from polar_rl.masks import MaskRules
 from polar_rl.models.adapter import LayerModel
 from polar_rl.observation import ObservationSpec
@@ -174,22 +174,11 @@ def export_policy(model: Any, lm: LayerModel, env: EnvConfig, out: str | Path, f
             "versions": package_versions(),
         }
         write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")  # last: the folder is complete
-        _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder onto ``out`` (an old export is moved aside first, then removed)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- entry point -------------------------------------------------------------------------------

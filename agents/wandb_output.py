@@ -24,6 +24,7 @@ from typing import Any
 from stable_baselines3.common.logger import KVWriter
 
 from polar_rl.config import Config
+from polar_rl.fileio import write_text_atomic
 
 RUN_ID_FILE = "wandb_id.txt"
 
@@ -72,7 +73,7 @@ def start_run(cfg: Config, run_dir: Path, name: str) -> Any | None:
         dir=str(run_dir),
         mode=mode,
     )
-    id_file.write_text(run.id + "\n")
+    write_text_atomic(id_file, run.id + "\n")
     return run
 
 

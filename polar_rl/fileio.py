@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -49,3 +50,20 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_open(path) as f:
         f.write(text)
     return Path(path)
+
+
+def replace_folder(tmp: str | Path, target: str | Path) -> None:
+    """Put the finished folder ``tmp`` at ``target`` by rename: a half-written folder never looks
+    complete. An old ``target`` is renamed aside first and removed after, never deleted in place; if
+    another process moved it away meanwhile, that is fine. Raises OSError if the final rename fails."""
+    tmp, target = Path(tmp), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        with suppress(FileNotFoundError):
+            target.rename(old / target.name)
+    try:
+        tmp.rename(target)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

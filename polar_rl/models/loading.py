@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polar_rl.fileio import atomic_open
+from polar_rl.fileio import atomic_open, replace_folder
 
 if TYPE_CHECKING:
     import torch
@@ -272,27 +272,13 @@ def save_copy(gguf_path: Path, target: Path, save: Any) -> None:
         }
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=2))
         os.chmod(tmp, 0o755)
-        _swap_in(tmp, target)
+        try:
+            replace_folder(tmp, target)
+        except OSError:
+            if not (target / MANIFEST).is_file():  # not another process's finished copy either
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Put the complete folder ``tmp`` at ``target``: a half-converted folder never looks complete,
-    and a bad old copy is moved aside (then removed) rather than deleted while in place."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-        try:
-            target.rename(old / target.name)
-        except FileNotFoundError:
-            pass  # another process moved it first
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not (target / MANIFEST).is_file():  # not another process's finished copy either
-            raise
 
 
 def model_hash(source: str, revision: str | None = None) -> str:

@@ -320,8 +320,15 @@ class LocalSweep:
         self.start(trial, command)
 
     def restart(self, trial: Trial) -> None:
-        """An interrupted trial: resume its run from the latest checkpoint, or start it over."""
+        """An interrupted trial: resume its run from the latest checkpoint, or start it over. A run that
+        completed (its eval.json is there) while the sweep itself died is recorded as finished, not rerun."""
         run_dir = Path(trial.run_dir)
+        if (run_dir / EVAL_FILE).is_file():
+            trial.state, trial.exitcode, trial.ended = "finished", 0, trial.ended or _now()
+            trial.summary = to_builtin(trial_summary(run_dir))
+            print(f"[sweep] {trial.name}: its run completed before the sweep stopped; recorded as finished")
+            self.sweep.save()
+            return
         trial.attempts += 1
         trial.state, trial.exitcode, trial.ended, trial.started = "running", None, None, _now()
         if run_dir.is_dir() and list_checkpoints(run_dir):

@@ -192,9 +192,13 @@ def test_resume_continues_an_interrupted_trial_from_its_checkpoint_or_restarts_i
             for p in checkpoint_paths(runs / name, steps):
                 p.parent.mkdir(exist_ok=True)
                 p.write_bytes(b"x")
+    done = runs / "trial-003"  # completed while the sweep itself died (it never recorded the exit)
+    done.mkdir()
+    (done / "eval.json").write_text(json.dumps({"methods": {"policy": {"accuracy": 0.5, "mcnemar": {"p_value": 1.0}}}}))
     trials = [sw.Trial("trial-000", {"env.compute_penalty": 0.05}, "running", str(runs / "trial-000")),
               sw.Trial("trial-001", {"env.compute_penalty": 0.2}, "running", str(runs / "trial-001")),
-              sw.Trial("trial-002", {"env.compute_penalty": 0.8}, "failed", str(runs / "trial-002"), exitcode=1)]
+              sw.Trial("trial-002", {"env.compute_penalty": 0.8}, "failed", str(runs / "trial-002"), exitcode=1),
+              sw.Trial("trial-003", {"env.compute_penalty": 0.1}, "running", str(done))]
     sw.Sweep(tmp_path, cfg, str(SMOKE), "sweep-x", trials).save()
     started: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(sw.LocalSweep, "start", lambda self, trial, command: started.append((trial.name, command)))
@@ -207,6 +211,8 @@ def test_resume_continues_an_interrupted_trial_from_its_checkpoint_or_restarts_i
     assert started[1][0] == "trial-001" and "--run_name=trial-001-attempt2" in started[1][1]
     assert "--env.compute_penalty=0.2" in started[1][1] and sweep.trials[1].run_dir.endswith("trial-001-attempt2")
     assert sweep.trials[2].state == "failed" and len(started) == 2
+    assert sweep.trials[3].state == "finished" and sweep.trials[3].summary["test/policy/accuracy"] == 0.5
+    assert sw.Sweep.load(tmp_path).trials[3].state == "finished"  # saved
     assert local.propose() is None  # the grid's three points are all taken: nothing new to run
 
 

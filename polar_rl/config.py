@@ -504,7 +504,7 @@ def _dotted(prefix: str, loc: Sequence[str | int]) -> str:
     return key
 
 
-def field_at(root: type[Section], loc: Sequence[str | int]) -> tuple[type[Section], FieldInfo | None]:
+def _field_at(root: type[Section], loc: Sequence[str | int]) -> tuple[type[Section], FieldInfo | None]:
     """The section that holds the key at ``loc`` and its field (None past the field: a list item)."""
     cls, f = root, None
     for part in loc:
@@ -528,7 +528,7 @@ def _config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
     key = _dotted(root._name, loc)
     got = "null" if value is None else f"{value!r} ({type(value).__name__})"
     if kind == "extra_forbidden":
-        owner, _ = field_at(root, loc[:-1])
+        owner, _ = _field_at(root, loc[:-1])
         return _unknown_key(key, owner._name, list(owner.model_fields))
     if kind in _BOUNDS:
         name, op = _BOUNDS[kind]
@@ -544,7 +544,7 @@ def _config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
             return ConfigError(f"{key}: expected a {err['ctx']['class_name']}, got {value!r}; build nested configs "
                                f"with Config.from_dict", key)
         return ConfigError(f"{key}: expected a mapping of keys, got {got}", key)
-    _, f = field_at(root, loc)
+    _, f = _field_at(root, loc)
     expected = type_name(f.annotation) if f is not None else _ITEM_TYPES.get(kind, kind)
     if value is None:
         return ConfigError(f"{key}: expected {expected}, got null (only optional fields may be null)", key)

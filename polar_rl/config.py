@@ -419,9 +419,11 @@ class Config(Section):
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"env.compute_penalty": 0.1, ...}``: the keys that overrides and sweeps use."""
-        data = self.to_dict()
-        return {key: data[key.split(".")[0]][key.split(".")[1]] if "." in key else data[key]
-                for key, _, _ in leaf_fields()}
+        data, out = self.to_dict(), {}
+        for key, _, _ in leaf_fields():
+            section, _, name = key.partition(".")
+            out[key] = data[section][name] if name else data[section]
+        return out
 
 
 def _batch_hint(rollout: int, batch: int) -> str:
@@ -539,10 +541,7 @@ def _config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
         return ConfigError(f"{key} must be a finite number, got {value!r}", key)
     if kind == "literal_error":
         return ConfigError(f"{key}: unknown value {value!r}; choose one of {err['ctx']['expected']}", key)
-    if kind == "model_type":
-        if isinstance(value, Mapping):  # a dict where a section instance was required
-            return ConfigError(f"{key}: expected a {err['ctx']['class_name']}, got {value!r}; build nested configs "
-                               f"with Config.from_dict", key)
+    if kind == "model_type":  # a section given as something other than a mapping
         return ConfigError(f"{key}: expected a mapping of keys, got {got}", key)
     _, f = _field_at(root, loc)
     expected = type_name(f.annotation) if f is not None else _ITEM_TYPES.get(kind, kind)

@@ -324,10 +324,8 @@ class LocalSweep:
         completed (its eval.json is there) while the sweep itself died is recorded as finished, not rerun."""
         run_dir = Path(trial.run_dir)
         if (run_dir / EVAL_FILE).is_file():
-            trial.state, trial.exitcode, trial.ended = "finished", 0, trial.ended or _now()
-            trial.summary = to_builtin(trial_summary(run_dir))
             print(f"[sweep] {trial.name}: its run completed before the sweep stopped; recorded as finished")
-            self.sweep.save()
+            self.record_end(trial, 0)
             return
         trial.attempts += 1
         trial.state, trial.exitcode, trial.ended, trial.started = "running", None, None, _now()
@@ -340,6 +338,15 @@ class LocalSweep:
                 f"--output_dir={run_dir.parent}", f"--run_name={name}", f"--tracking.group={self.sweep.group}"]
         self.start(trial, command)
 
+    def record_end(self, t: Trial, code: int) -> Trial:
+        """Record that ``t``'s run ended with exit ``code``: its state, its summary, and the sweep file."""
+        t.exitcode, t.ended = code, _now()
+        finished = code == 0 and (Path(t.run_dir) / EVAL_FILE).is_file()
+        t.state = "killed" if t.early_terminated else ("finished" if finished else "failed")
+        t.summary = to_builtin(trial_summary(Path(t.run_dir)))
+        self.sweep.save()
+        return t
+
     def reap(self) -> None:
         """Record the trials that ended; stop those the early-termination rule says to stop."""
         for r in list(self.running):
@@ -348,14 +355,9 @@ class LocalSweep:
                 continue
             self.running.remove(r)
             r.log.close()
-            t = r.trial
-            t.exitcode, t.ended = code, _now()
-            finished = code == 0 and (Path(t.run_dir) / EVAL_FILE).is_file()
-            t.state = "killed" if t.early_terminated else ("finished" if finished else "failed")
-            t.summary = to_builtin(trial_summary(Path(t.run_dir)))
-            print(f"[sweep] {t.name}: {t.state} (exit {code})"
-                  + ("" if finished else f"; its output: {self.sweep.folder / 'logs' / (t.name + '.log')}"))
-            self.sweep.save()
+            t = self.record_end(r.trial, code)
+            print(f"[sweep] {t.name}: {t.state} (exit {code})" + ("" if t.state == "finished" else
+                                                                  f"; its output: {self.sweep.folder / 'logs' / (t.name + '.log')}"))
         if self.running and self.sweep.config.get("early_terminate"):
             for t in self.running:
                 t.trial.summary = to_builtin(trial_summary(Path(t.trial.run_dir)))

@@ -28,7 +28,7 @@ from polar_rl.config import (
     strip_optional,
     type_name,
 )
-from polar_rl.fileio import atomic_open
+from polar_rl.fileio import write_text_atomic
 
 __all__ = ["add_config_arguments", "config_help", "load_config", "overrides_from_args", "save_config"]
 
@@ -181,10 +181,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write ``cfg.to_yaml()`` to ``path`` atomically (temp file in the same directory + os.replace)."""
-    path = Path(path)
-    with atomic_open(path, "w") as f:
-        f.write(cfg.to_yaml())
-    return path
+    return write_text_atomic(path, cfg.to_yaml())
 
 
 # ----------------------------------------------------------------------------------------------

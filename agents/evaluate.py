@@ -35,10 +35,10 @@ from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
 from polar_rl.envs.engine import LockstepEngine, Reference
-from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs, sb3_policy
+from polar_rl.envs.rollout import Known, program_actions, rollout, rollout_programs, sb3_policy
 from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
 from polar_rl.models.adapter import LayerModel
-from polar_rl.program import runs_string
+from polar_rl.program import action_to_runs, runs_string
 from polar_rl.tasks.examples import Task
 from polar_rl.tasks.multiple_choice import pack_questions
 
@@ -143,6 +143,28 @@ def majority_program(runs: list[list[int]]) -> list[int]:
     return out
 
 
+def static_programs(baselines: StaticBaselines, cfg: Config, calls: float, curves: bool) -> tuple[list[int], dict[str, list[int]]]:
+    """The static baselines to compare with a method using ``calls`` layer calls on average: the k
+    compared (:func:`matched_ks`; ``curves``: every k) and the programs by name (``greedy_3``,
+    ``random_3_s0``): every family of ``cfg.baselines.families`` at each k, random programs (one per
+    seed) only at the nearest k unless ``curves``."""
+    L, block = baselines.num_layers, cfg.env.block_size
+    ks = matched_ks(calls, L, block, baselines.max_k, cfg.baselines.neighbours)
+    nearest = matched_ks(calls, L, block, baselines.max_k, 0)
+    if curves:
+        ks = nearest = list(range(1, baselines.max_k + 1))
+    programs: dict[str, list[int]] = {}
+    for family in cfg.baselines.families:
+        if family == "random":
+            for seed in range(cfg.baselines.random_seeds):
+                for k in nearest:
+                    programs[f"random_{k}_s{seed}"] = baselines.runs("random", k, seed)
+        else:
+            for k in ks:
+                programs[f"{family}_{k}"] = baselines.runs(family, k)
+    return ks, programs
+
+
 def adaptivity(runs: list[list[int]]) -> dict[str, Any]:
     """How much the policy's programs differ between examples: distinct programs and the mean Hamming
     distance between the programs of two different examples (exact, from per-block frequencies)."""
@@ -202,42 +224,49 @@ def evaluate_methods(
 
     all_records: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float | None] = {}
-    cached_full = all(ex.id in reference for ex in task.examples)
-    if cached_full:  # the full model's results are on disk: never rerun them
-        all_records["full"] = [_reference_record(ex.id, reference[ex.id], L, B) for ex in task.examples]
-        seconds["full"] = full_seconds
-    else:
-        all_records["full"], seconds["full"] = _run(free, constant_policy([1] * B), f"full ({task.split})",
-                                                    len(task), show_progress)
+    # Pass 1, chunk by chunk: the policy, then the static programs the budget predicts (its nearest k).
+    # On examples the reference lacks, each chunk's reset runs the full program first and caches its
+    # prefixes, so the full model costs nothing extra, the policy's executed prefix is a cache hit and
+    # a static program runs only the blocks after its first skip (or nothing, where the policy chose it).
+    # Pass 2: the static programs the policy's compute asks for beyond those (its own static average,
+    # other k), reusing every record pass 1 made.
+    uncached = sum(ex.id not in reference for ex in task.examples)
+    engine.reference_seconds = 0.0
     policy_fn = sb3_policy(model, deterministic=True, skip_threshold=skip_threshold)
-    all_records["policy"], seconds["policy"] = _run(engine, policy_fn, f"policy ({task.split})", len(task),
-                                                    show_progress)
-
-    policy_runs = [r["runs"] for r in all_records["policy"]]
-    policy_calls = float(np.mean([r["layer_calls"] for r in all_records["policy"]]))
-    programs: dict[str, list[int]] = {"policy_static": majority_program(policy_runs)}
-    ks: list[int] = []
-    if baselines is not None:
-        if curves:
-            ks = list(range(1, baselines.max_k + 1))
-        else:
-            ks = matched_ks(policy_calls, L, cfg.env.block_size, baselines.max_k, cfg.baselines.neighbours)
-        nearest = matched_ks(policy_calls, L, cfg.env.block_size, baselines.max_k, 0)
-        for family in cfg.baselines.families:
-            if family == "random":
-                for seed in range(cfg.baselines.random_seeds):
-                    for k in (ks if curves else nearest):
-                        programs[f"random_{k}_s{seed}"] = baselines.runs("random", k, seed)
-            else:
-                for k in ks:
-                    programs[f"{family}_{k}"] = baselines.runs(family, k)
+    budget = cfg.env.max_compute_fraction
+    predicted: dict[str, list[int]] = {}
+    if baselines is not None and budget is not None and skip_threshold is None and not curves:
+        _, predicted = static_programs(baselines, cfg, budget * L, curves)
+    full_known: Known = {(ex.id, (1,) * B): _reference_record(ex.id, reference[ex.id], L, B)
+                         for ex in task.examples if ex.id in reference}
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(task), desc=f"{len(programs)} static programs ({task.split})", unit="ex",
+    with tqdm(total=len(task), desc=f"policy + {len(predicted)} static programs ({task.split})", unit="ex",
               disable=not show_progress, leave=False) as bar:
-        static_records, static_seconds = cached_rollout_programs(free, programs, program_cache, bar.update)
-    all_records.update(static_records)
-    seconds.update(static_seconds)
+        first, first_seconds = cached_rollout_programs(free, predicted, program_cache, bar.update, known=full_known,
+                                                       policies={"policy": (engine, policy_fn)})
+    all_records["full"] = [_reference_record(ex.id, reference[ex.id], L, B) for ex in task.examples]
+    seconds["full"] = engine.reference_seconds / uncached if uncached == len(task) else full_seconds
+    all_records["policy"] = first.pop("policy")
+    seconds["policy"] = first_seconds.pop("policy") - engine.reference_seconds / len(task)
+
+    policy_actions = [list(program_actions(rec["runs"])) for rec in all_records["policy"]]
+    policy_calls = float(np.mean([r["layer_calls"] for r in all_records["policy"]]))
+    ks, matched = ([], {}) if baselines is None else static_programs(baselines, cfg, policy_calls, curves)
+    programs = {"policy_static": majority_program(policy_actions), **matched}
+    done = {tuple(runs): name for name, runs in predicted.items()}
+    rest = {name: runs for name, runs in programs.items() if tuple(runs) not in done}
+    known = dict(full_known)
+    for recs in [all_records["policy"], *first.values()]:
+        known.update({(r["example_id"], program_actions(r["runs"])): r for r in recs})
+    with tqdm(total=len(task), desc=f"{len(rest)} more static programs ({task.split})", unit="ex",
+              disable=not show_progress or not rest, leave=False) as bar:
+        second, second_seconds = cached_rollout_programs(free, rest, program_cache, bar.update, known=known,
+                                                         reverse=True) if rest else ({}, {})
+    for name, runs in programs.items():
+        source = done.get(tuple(runs))
+        all_records[name] = first[source] if source is not None else second[name]
+        seconds[name] = first_seconds.get(source) if source is not None else second_seconds.get(name)
 
     full_correct = [r["correct"] for r in all_records["full"]]
     policy_correct = [r["correct"] for r in all_records["policy"]]
@@ -256,7 +285,8 @@ def evaluate_methods(
         if name != "policy":
             summary["vs_policy"] = paired_comparison(policy_correct, correct)
         if name in programs or name == "full":
-            summary["program"] = runs_string(programs.get(name, [1] * B))
+            actions = programs.get(name, [1] * B)
+            summary["program"] = runs_string([action_to_runs(a, cfg.env.loop_runs) for a in actions])
         summaries[name] = summary
         records.extend({"method": name, **{k: r[k] for k in RECORD_KEYS}} for r in recs)
     if baselines is not None and "random" in cfg.baselines.families and cfg.baselines.random_seeds > 0:
@@ -278,7 +308,7 @@ def evaluate_methods(
         "policy_decoding": "greedy" if skip_threshold is None else f"skip_threshold {skip_threshold:.6g}",
         "skip_threshold": skip_threshold,
         "matched_k": ks,
-        "adaptivity": adaptivity(policy_runs),
+        "adaptivity": adaptivity([rec["runs"] for rec in all_records["policy"]]),
         "baseline_search": None if baselines is None else {
             "split": baselines.split, "n": baselines.n_examples, "max_k": baselines.max_k,
             "greedy_order": baselines.greedy_order, "settings": baselines.settings, "objective": baselines.objective,
@@ -290,11 +320,14 @@ def evaluate_methods(
 
 def cached_rollout_programs(engine: LockstepEngine, programs: dict[str, list[int]],
                             store: ProgramResultStore | None, progress: Callable[[int], None] | None = None,
+                            known: Known | None = None, reverse: bool = False,
+                            policies: dict[str, tuple[LockstepEngine, Callable]] | None = None,
                             ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    """:func:`rollout_programs` over the engine's examples, serving the programs ``store`` holds for
-    every example from disk and saving the others' records there."""
+    """:func:`rollout_programs` over the engine's examples (``known``, ``reverse`` and ``policies`` as
+    there), serving the programs ``store`` holds for every example from disk and saving the others'
+    records there. The policies always run."""
     if store is None:
-        return rollout_programs(engine, programs, progress=progress)
+        return rollout_programs(engine, programs, progress=progress, known=known, reverse=reverse, policies=policies)
     ids = [ex.id for ex in engine.task.examples]
     block, loops = engine.cfg.block_size, engine.cfg.loop_runs
     records: dict[str, list[dict[str, Any]]] = {}
@@ -308,12 +341,14 @@ def cached_rollout_programs(engine: LockstepEngine, programs: dict[str, list[int
             records[name], secs = hit
             if secs is not None:
                 seconds[name] = secs
-    if missing:
-        new_records, new_seconds = rollout_programs(engine, missing, progress=progress)
+    if missing or policies:
+        new_records, new_seconds = rollout_programs(engine, missing, progress=progress, known=known, reverse=reverse,
+                                                    policies=policies)
         records.update(new_records)
         seconds.update(new_seconds)
-        store.save({tuple(runs): (new_records[name], new_seconds[name]) for name, runs in missing.items()},
-                   block, loops)
+        if missing:
+            store.save({tuple(runs): (new_records[name], new_seconds[name]) for name, runs in missing.items()},
+                       block, loops)
     elif progress is not None:
         progress(len(ids))
     return records, seconds

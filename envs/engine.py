@@ -59,6 +59,7 @@ class _Episodes:
     loops: np.ndarray = field(default_factory=lambda: np.zeros(0))
     prev_action: np.ndarray = field(default_factory=lambda: np.zeros(0))
     failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    idle: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # padding rows: never run
     phi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shaping potential per episode
     block: int = 0
 
@@ -139,6 +140,7 @@ class LockstepEngine:
         self._cursor = 0
         self.nonfinite_count = 0
         self.layer_seconds = 0.0  # wall time inside layer calls (for the layer_time_share benchmark)
+        self.reference_seconds = 0.0  # wall time spent running the full program for missing references
         self.ep: _Episodes | None = None
         self._before_draw: dict[str, Any] | None = None  # sampler state before the current episodes' draw
 
@@ -181,17 +183,22 @@ class LockstepEngine:
     # ---- episode lifecycle ----------------------------------------------------------------
     @torch.inference_mode()
     def reset(self, examples: list[MCExample] | None = None) -> np.ndarray:
-        """Start N new episodes (the next examples, or the given ones). Returns (N, D) observations."""
+        """Start N new episodes (the next examples, or the given ones). Returns (N, D) observations.
+
+        Given fewer than N examples (the last chunk of an evaluation), the remaining rows are idle
+        padding: copies of the first example that run no layer; their infos are to be ignored."""
         self._before_draw = self._current_sampler_state() if examples is None else None
         examples = self._draw() if examples is None else list(examples)
-        if len(examples) != self.n:
-            raise ValueError(f"reset got {len(examples)} examples for {self.n} envs")
+        if not 1 <= len(examples) <= self.n:
+            raise ValueError(f"reset got {len(examples)} examples for {self.n} envs (1..{self.n})")
+        idle = np.arange(self.n) >= len(examples)
+        examples = examples + [examples[0]] * int(idle.sum())
         batch = pack_questions(self.lm.tokenizer, examples, self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
         self.ep = _Episodes(
             examples=examples, batch=batch, hidden=hidden.clone(), inputs=inputs, lengths=batch.lengths.cpu(),
             runs=[[] for _ in range(self.n)], calls=np.zeros(self.n), loops=np.zeros(self.n, dtype=int),
-            prev_action=np.full(self.n, -1), failed=np.zeros(self.n, dtype=bool),
+            prev_action=np.full(self.n, -1), failed=np.zeros(self.n, dtype=bool), idle=idle,
         )
         self._ensure_reference()
         if self.cfg.reward_shaping:  # potential before any decision: the full model's term
@@ -237,6 +244,7 @@ class LockstepEngine:
         todo = list({ex.id: ex for ex in self.ep.examples if ex.id not in self.reference}.values())
         if not todo:
             return
+        start = time.perf_counter()
         batch = pack_questions(self.lm.tokenizer, todo, self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
         lengths, rows = batch.lengths.cpu(), list(range(len(todo)))
@@ -249,6 +257,7 @@ class LockstepEngine:
         gold_lp = choice_gold_logprob(scores)
         for j, ex in enumerate(todo):
             self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]), float(gold_lp[j]))
+        self.reference_seconds += time.perf_counter() - start
 
     def _run_rows(
         self, block: int, hidden: torch.Tensor, inputs: LayerInputs, lengths: torch.Tensor, rows: list[int]
@@ -310,7 +319,7 @@ class LockstepEngine:
                 )
         b, bs, L = ep.block, self.cfg.block_size, self.lm.num_layers
         runs = np.where(acts == Action.LOOP, self.cfg.loop_runs, acts).astype(int)
-        runs[ep.failed] = 0
+        runs[ep.failed | ep.idle] = 0
         self._advance(b, runs)
         rewards = -self.cfg.compute_penalty * runs * bs / L
         ep.calls += runs * bs
@@ -318,7 +327,7 @@ class LockstepEngine:
         ep.prev_action = acts.astype(int)
         done = ep.block + 1 == self.num_blocks
         if self.cfg.reward_shaping and not done:  # EXECUTE leaves the potential as it is
-            changed = [i for i in range(self.n) if runs[i] != 1 and not ep.failed[i]]
+            changed = [i for i in range(self.n) if runs[i] != 1 and not (ep.failed[i] or ep.idle[i])]
             if changed:
                 new_phi = self._completion_phi(changed)
                 rewards[changed] += new_phi - ep.phi[changed]

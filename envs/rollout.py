@@ -14,9 +14,31 @@ import numpy as np
 
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.tasks.examples import MCExample
+from polar_rl.tasks.multiple_choice import pack_questions
 
 #: (observations (N, D), action masks (N, 3), block index) -> actions (N,)
 PolicyFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def length_chunks(engine: LockstepEngine, examples: Sequence[MCExample]) -> list[list[int]]:
+    """Indices of ``examples``, longest packed row first, in chunks of ``engine.n``.
+
+    Rows of similar length share a chunk, so its length buckets are few and nearly unpadded (ARC rows
+    vary 24..130 tokens; in task order a chunk of 16 pads ~15 % more tokens)."""
+    tokenizer, pad = engine.lm.tokenizer, engine.lm.pad_token_id
+    lengths = [int(pack_questions(tokenizer, [ex], pad).lengths[0]) for ex in examples]
+    order = sorted(range(len(examples)), key=lambda i: (-lengths[i], i))
+    return [order[lo : lo + engine.n] for lo in range(0, len(order), engine.n)]
+
+
+def run_chunk(engine: LockstepEngine, policy: PolicyFn, examples: Sequence[MCExample]) -> list[dict[str, Any]]:
+    """One set of episodes over ``examples`` (at most ``engine.n``; the rest are idle rows): their terminal infos."""
+    obs = engine.reset(list(examples))
+    done, infos = False, []
+    while not done:
+        actions = policy(obs, engine.action_masks(), engine.ep.block)  # type: ignore[union-attr]
+        obs, _, done, infos = engine.step(actions)
+    return infos[: len(examples)]
 
 
 def rollout(
@@ -25,25 +47,28 @@ def rollout(
     examples: Sequence[MCExample] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
-    """Returns one terminal info per example (in order) and the wall seconds per example."""
+    """Returns one terminal info per example (in the order given) and the wall seconds per example.
+
+    Examples run in chunks of similar length (:func:`length_chunks`)."""
     examples = list(engine.task.examples if examples is None else examples)  # type: ignore[arg-type]
-    n = engine.n
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = [{} for _ in examples]
     start = time.perf_counter()
-    for lo in range(0, len(examples), n):
-        chunk = examples[lo : lo + n]
-        real = len(chunk)
-        chunk = chunk + [examples[j % len(examples)] for j in range(n - real)]  # pad the last chunk
-        obs = engine.reset(chunk)
-        done, infos = False, []
-        while not done:
-            actions = policy(obs, engine.action_masks(), engine.ep.block)  # type: ignore[union-attr]
-            obs, _, done, infos = engine.step(actions)
-        records.extend(infos[:real])
+    for chunk in length_chunks(engine, examples):
+        for i, info in zip(chunk, run_chunk(engine, policy, [examples[i] for i in chunk]), strict=True):
+            records[i] = info
         if progress is not None:
-            progress(real)
+            progress(len(chunk))
     seconds = (time.perf_counter() - start) / max(1, len(examples))
     return records, seconds
+
+
+#: records already computed, by (example id, actions per block): a deterministic program's result
+Known = dict[tuple[str, tuple[int, ...]], dict[str, Any]]
+
+
+def program_actions(runs: Sequence[int]) -> tuple[int, ...]:
+    """Run counts per block (a record's ``runs``) as actions: 0 skip, 1 execute, 2 loop (any count >= 2)."""
+    return tuple(min(int(r), 2) for r in runs)
 
 
 def rollout_programs(
@@ -51,32 +76,62 @@ def rollout_programs(
     programs: dict[str, Sequence[int]],
     examples: Sequence[MCExample] | None = None,
     progress: Callable[[int], None] | None = None,
+    known: Known | None = None,
+    reverse: bool = False,
+    policies: dict[str, tuple[LockstepEngine, PolicyFn]] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    """Evaluate several static programs (run counts per block) over the same examples.
+    """Evaluate several static programs (actions per block) over the same examples.
 
-    Chunk by chunk, every program runs on the same N examples back to back, so the engine's prefix
+    Chunk by chunk, every program runs on the same examples back to back, so the engine's prefix
     cache serves the blocks they share (a prefix computed for one program is a hit for the next).
-    Programs with equal run counts are evaluated once. Returns records and seconds per example, per name.
+    ``policies`` (name -> an engine sharing that cache, and a policy) run first in each chunk.
+    Programs with equal actions are evaluated once, and an example whose record for a program is
+    known (in ``known``, or a policy in this chunk chose that program for it) is not run again.
+    ``reverse`` walks the chunks last first: right after a pass over the same examples, the prefix
+    cache still holds some of its last chunks. Returns records and the wall seconds spent per
+    example, per name.
     """
     examples = list(engine.task.examples if examples is None else examples)  # type: ignore[arg-type]
+    known = {} if known is None else dict(known)
+    policies = policies or {}
     distinct: dict[tuple[int, ...], list[str]] = {}
     for name, runs in programs.items():
         distinct.setdefault(tuple(int(r) for r in runs), []).append(name)
     order = sorted(distinct, reverse=True)  # neighbours in this order share the longest prefixes
-    records: dict[tuple[int, ...], list[dict[str, Any]]] = {r: [] for r in order}
-    seconds: dict[tuple[int, ...], float] = dict.fromkeys(order, 0.0)
-    n = engine.n
-    for lo in range(0, len(examples), n):
-        chunk = examples[lo : lo + n]
-        for runs in order:
+    keys: list[Any] = [*policies, *order]
+    records: dict[Any, list[dict[str, Any]]] = {key: [{} for _ in examples] for key in keys}
+    seconds: dict[Any, float] = dict.fromkeys(keys, 0.0)
+    chunks = length_chunks(engine, examples)
+    for chunk in reversed(chunks) if reverse else chunks:
+        for name, (policy_engine, policy) in policies.items():
             t0 = time.perf_counter()
-            recs, _ = rollout(engine, constant_policy(runs), chunk)
-            seconds[runs] += time.perf_counter() - t0
-            records[runs].extend(recs)
+            infos = run_chunk(policy_engine, policy, [examples[i] for i in chunk])
+            seconds[name] += time.perf_counter() - t0
+            for i, info in zip(chunk, infos, strict=True):
+                records[name][i] = info
+                known.setdefault((info["example_id"], program_actions(info["runs"])), info)
+        for runs in order:
+            todo = []
+            for i in chunk:
+                hit = known.get((examples[i].id, runs))
+                if hit is None:
+                    todo.append(i)
+                else:
+                    records[runs][i] = dict(hit)
+            if todo:
+                t0 = time.perf_counter()
+                infos = run_chunk(engine, constant_policy(runs), [examples[i] for i in todo])
+                seconds[runs] += time.perf_counter() - t0
+                for i, info in zip(todo, infos, strict=True):
+                    records[runs][i] = info
         if progress is not None:
             progress(len(chunk))
-    out_records = {name: records[r] for r, names in distinct.items() for name in names}
-    out_seconds = {name: seconds[r] / max(1, len(examples)) for r, names in distinct.items() for name in names}
+    n = max(1, len(examples))
+    out_records = {name: records[name] for name in policies}
+    out_seconds = {name: seconds[name] / n for name in policies}
+    for runs, names in distinct.items():
+        out_records.update({name: records[runs] for name in names})
+        out_seconds.update({name: seconds[runs] / n for name in names})
     return out_records, out_seconds
 
 

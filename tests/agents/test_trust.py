@@ -548,3 +548,85 @@ def test_resume_refuses_a_train_split_whose_data_changed(killed_run: Path, tmp_p
     line = _one_error_line(err)
     assert "train split of task" in line and "changed since the run started" in line
     assert (killed_run / "metrics.jsonl").read_text() == before and not (killed_run / "eval.json").exists()
+
+
+def test_static_programs_reuse_known_records_and_match_a_fresh_rollout(tiny_lm, monkeypatch) -> None:
+    """The evaluation hands the policy's records to the static programs: an example whose program the
+    policy already ran is not run again, and every record equals one computed alone."""
+    import polar_rl.envs.rollout as ro
+
+    task = _task(_examples())
+    L = tiny_lm.num_layers
+    programs = {"skip_0": [0] + [1] * (L - 1), "loop_last": [1] * (L - 1) + [2]}
+    engine = LockstepEngine(tiny_lm, task, EnvConfig(block_size=1, n_envs=3), shuffle=False)
+    fresh, _ = ro.rollout_programs(engine, programs)
+    known = {(rec["example_id"], tuple(programs["skip_0"])): rec for rec in fresh["skip_0"][1:3]}
+
+    ran: list[tuple[tuple[int, ...], list[str]]] = []
+    run_chunk = ro.run_chunk
+
+    def spy(engine, policy, examples):
+        infos = run_chunk(engine, policy, examples)
+        ran.append((tuple(infos[0]["runs"]), [ex.id for ex in examples]))
+        return infos
+    monkeypatch.setattr(ro, "run_chunk", spy)
+    got, seconds = ro.rollout_programs(engine, programs, known=known, reverse=True)
+    assert set(got) == set(seconds) == set(programs)
+    for name in programs:  # other batch compositions: equal up to float rounding
+        for a, b in zip(got[name], fresh[name], strict=True):
+            assert {k: v for k, v in a.items() if k != "margin" and k != "reward_task"} == \
+                {k: v for k, v in b.items() if k != "margin" and k != "reward_task"}
+            assert a["margin"] == pytest.approx(b["margin"], abs=1e-5)
+    skip_runs = tuple(programs["skip_0"])
+    skip_ids = sorted(i for runs, ids in ran if runs == skip_runs for i in ids)
+    assert skip_ids == ["toy/q0", "toy/q3"]  # q1 and q2 came from ``known``
+    loop_ids = sorted(i for runs, ids in ran if runs != skip_runs for i in ids)
+    assert loop_ids == [f"toy/q{i}" for i in range(4)]
+
+
+def test_evaluation_shares_work_between_methods_and_matches_each_method_alone(tiny_lm, monkeypatch) -> None:
+    """evaluate_methods runs the policy and the budget's static programs chunk by chunk (the full
+    model's prefixes are cache hits for both) and reuses records across methods: every method's records
+    equal those of the method run alone, for fewer layer calls than running each alone."""
+    from polar_rl.agents.algorithms import make_algorithm
+    from polar_rl.agents.baselines import search_static_programs
+    from polar_rl.agents.evaluate import evaluate_methods, static_env
+    from polar_rl.config_sources import load_config
+    from polar_rl.envs import LayerProgramVecEnv
+    from polar_rl.envs.rollout import constant_policy, rollout, sb3_policy
+
+    examples = [MCExample(f"toy/q{i}", f"Question: what comes after {i} and {i * 3}?\nAnswer:",
+                          (f" {i + 1}", f" {i + 7}", " no"), i % 3) for i in range(7)]
+    task = _task(examples)
+    cfg = load_config(overrides=["--env.block_size", "1", "--env.n_envs", "3", "--env.max_compute_fraction", "0.75",
+                                 "--agent.n_steps", "8", "--agent.batch_size", "8", "--agent.net_arch", "[8]",
+                                 "--agent.init_action_probs", "[0.3, 0.65, 0.05]", "--baselines.neighbours", "0",
+                                 "--baselines.families", "[bi,skip_rank,greedy]"])
+    found = search_static_programs(tiny_lm, examples, task="toy", split="test", min_compute=0.5)
+    model = make_algorithm(cfg, LayerProgramVecEnv(tiny_lm, task, config=cfg.env, n_envs=3, seed=0), seed=0)
+
+    rows = []
+    run_layer = tiny_lm.run_layer
+    monkeypatch.setattr(tiny_lm, "run_layer", lambda layer, h, inputs: rows.append(h.shape[0]) or run_layer(layer, h, inputs))
+    result, records = evaluate_methods(tiny_lm, cfg, model, task, {}, show_progress=False, baselines=found)
+    shared_rows = sum(rows)
+
+    by_method: dict[str, list[dict]] = {}
+    for rec in records:
+        by_method.setdefault(rec["method"], []).append(rec)
+    assert {"full", "policy", "policy_static", "bi_1", "skip_rank_1", "greedy_1"} <= set(by_method)
+    rows.clear()
+    alone_engine = LockstepEngine(tiny_lm, task, cfg.env.replace(prefix_cache_gb=0.0), n_envs=3, shuffle=False)
+    want = {"policy": rollout(alone_engine, sb3_policy(model))[0]}
+    free = LockstepEngine(tiny_lm, task, static_env(cfg.env).replace(prefix_cache_gb=0.0), n_envs=3, shuffle=False,
+                          reference=alone_engine.reference)
+    for name, m in result["methods"].items():
+        if name != "policy":
+            actions = [{"-": 0, "x": 1}.get(c, 2) for c in m["program"]]
+            want[name] = rollout(free, constant_policy(actions))[0]
+    assert shared_rows < sum(rows)  # the same records for less work
+    for name, recs in by_method.items():
+        assert [r["example_id"] for r in recs] == [ex.id for ex in examples]
+        assert [r["correct"] for r in recs] == [w["correct"] for w in want[name]], name
+        assert [r["layer_calls"] for r in recs] == [w["layer_calls"] for w in want[name]], name
+        np.testing.assert_allclose([r["margin"] for r in recs], [w["margin"] for w in want[name]], atol=1e-5)

@@ -272,3 +272,35 @@ def test_shaped_rewards_telescope_to_the_relative_reward(real_model, train_task,
 def test_reward_shaping_needs_relative_to_full():
     with pytest.raises(ConfigError, match="reward_shaping telescopes"):
         cfg(reward_shaping=True, relative_to_full=False)
+
+
+def test_fewer_examples_than_envs_leave_idle_rows_that_run_nothing(real_model, train_task, monkeypatch):
+    """The last chunk of an evaluation: rows past the examples given are padding that costs no layer call,
+    and the real rows get exactly what a full-size batch gives them."""
+    examples = list(train_task.examples[:3])
+    program = [1, 0, 2, 1, 1, 1]
+    full = LockstepEngine(real_model, train_task, cfg(prefix_cache_gb=0), n_envs=3)
+    full.reset(examples)
+    for a in program:
+        _, _, _, want = full.step([a] * 3)
+
+    rows_run = []
+    run_layer = real_model.run_layer
+
+    def counting(layer, hidden, inputs):
+        rows_run.append(hidden.shape[0])
+        return run_layer(layer, hidden, inputs)
+
+    engine = LockstepEngine(real_model, train_task, cfg(prefix_cache_gb=0), n_envs=8,
+                            reference=dict(full.reference))
+    monkeypatch.setattr(real_model, "run_layer", counting)
+    engine.reset(examples[:2])
+    for a in program:
+        _, _, done, infos = engine.step([a] * 8)
+    assert done and sum(rows_run) == 2 * 5 * 6  # 2 rows x 5 layers x 6 block runs (LOOP runs twice)
+    for got, ref in zip(infos[:2], want[:2], strict=True):
+        assert got["correct"] == ref["correct"] and got["runs"] == ref["runs"]
+        assert got["margin"] == pytest.approx(ref["margin"], abs=1e-4)
+    assert all(info["layer_calls"] == 0 for info in infos[2:])
+    with pytest.raises(ValueError, match="reset got 9 examples for 8 envs"):
+        engine.reset(list(train_task.examples[:9]))

@@ -95,6 +95,10 @@ def report_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Static programs were searched on {search['n']} questions of the `{search['split']}` split "
                       f"keeping the {search.get('objective', 'gold_prob')} high (greedy removal order "
                       f"{search['greedy_order']}); the test split chose nothing."]
+    lines += ["", "s / example: the evaluation's wall time per question spent on the method. Methods share work "
+                  "(the full model's prefixes are cache hits for the policy and the static programs; a static "
+                  "program is not rerun where the policy chose it), so a method run after another costs less "
+                  "than alone; the layer calls and FLOPs columns are each method's own."]
     lines += ["", "Plots: `pareto.png` (accuracy vs compute), `layers.png` (the policy's action per block, "
                   "split by questions the full model gets right and wrong).", "",
               f"Reproduce: `{result.get('command', 'polar-rl evaluate RUN_DIR')}`", ""]

@@ -141,7 +141,9 @@ class ProgramScorer:
         task_term(objective, torch.zeros(0), torch.zeros(0), torch.zeros(0))  # unknown names fail here
         self.lm, self.block_size, self.objective = lm, block_size, objective
         self.num_blocks = lm.num_layers // block_size
-        order = sorted(examples, key=lambda ex: len(ex.context) + sum(len(c) for c in ex.choices))
+        # chunks of similar token length: 24 % padded tokens on the 96 ARC-Easy search questions, 42 % by characters
+        tokens = [int(pack_questions(lm.tokenizer, [ex], lm.pad_token_id).lengths[0]) for ex in examples]
+        order = [examples[i] for i in sorted(range(len(examples)), key=lambda i: (tokens[i], i))]
         self.chunks: list[_Chunk] = []
         with torch.inference_mode():
             for lo in range(0, len(order), chunk_size):

@@ -261,8 +261,8 @@ def evaluate_methods(
         known.update({(r["example_id"], program_actions(r["runs"])): r for r in recs})
     with tqdm(total=len(task), desc=f"{len(rest)} more static programs ({task.split})", unit="ex",
               disable=not show_progress or not rest, leave=False) as bar:
-        second, second_seconds = cached_rollout_programs(free, rest, program_cache, bar.update, known=known,
-                                                         reverse=True) if rest else ({}, {})
+        second, second_seconds = cached_rollout_programs(free, rest, program_cache, bar.update,
+                                                         known=known) if rest else ({}, {})
     for name, runs in programs.items():
         source = done.get(tuple(runs))
         all_records[name] = first[source] if source is not None else second[name]
@@ -320,14 +320,14 @@ def evaluate_methods(
 
 def cached_rollout_programs(engine: LockstepEngine, programs: dict[str, list[int]],
                             store: ProgramResultStore | None, progress: Callable[[int], None] | None = None,
-                            known: Known | None = None, reverse: bool = False,
+                            known: Known | None = None,
                             policies: dict[str, tuple[LockstepEngine, Callable]] | None = None,
                             ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
-    """:func:`rollout_programs` over the engine's examples (``known``, ``reverse`` and ``policies`` as
-    there), serving the programs ``store`` holds for every example from disk and saving the others'
-    records there. The policies always run."""
+    """:func:`rollout_programs` over the engine's examples (``known`` and ``policies`` as there),
+    serving the programs ``store`` holds for every example from disk and saving the others' records
+    there. The policies always run."""
     if store is None:
-        return rollout_programs(engine, programs, progress=progress, known=known, reverse=reverse, policies=policies)
+        return rollout_programs(engine, programs, progress=progress, known=known, policies=policies)
     ids = [ex.id for ex in engine.task.examples]
     block, loops = engine.cfg.block_size, engine.cfg.loop_runs
     records: dict[str, list[dict[str, Any]]] = {}
@@ -342,7 +342,7 @@ def cached_rollout_programs(engine: LockstepEngine, programs: dict[str, list[int
             if secs is not None:
                 seconds[name] = secs
     if missing or policies:
-        new_records, new_seconds = rollout_programs(engine, missing, progress=progress, known=known, reverse=reverse,
+        new_records, new_seconds = rollout_programs(engine, missing, progress=progress, known=known,
                                                     policies=policies)
         records.update(new_records)
         seconds.update(new_seconds)
@@ -366,13 +366,6 @@ def _reference_record(example_id: str, ref: Reference, num_layers: int, num_bloc
     return {"example_id": example_id, "correct": ref.correct, "margin": ref.margin, "layer_calls": num_layers,
             "compute_fraction": 1.0, "program": "x" * num_blocks, "runs": [1] * num_blocks,
             "full_correct": ref.correct, "full_margin": ref.margin, "nonfinite": False}
-
-
-def _run(engine: LockstepEngine, policy: Callable, desc: str, total: int, show: bool) -> tuple[list, float]:
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc=desc, unit="ex", disable=not show, leave=False) as bar:
-        return rollout(engine, policy, progress=bar.update)
 
 
 def print_summary(result: dict[str, Any]) -> None:

@@ -77,7 +77,6 @@ def rollout_programs(
     examples: Sequence[MCExample] | None = None,
     progress: Callable[[int], None] | None = None,
     known: Known | None = None,
-    reverse: bool = False,
     policies: dict[str, tuple[LockstepEngine, PolicyFn]] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
     """Evaluate several static programs (actions per block) over the same examples.
@@ -87,9 +86,7 @@ def rollout_programs(
     ``policies`` (name -> an engine sharing that cache, and a policy) run first in each chunk.
     Programs with equal actions are evaluated once, and an example whose record for a program is
     known (in ``known``, or a policy in this chunk chose that program for it) is not run again.
-    ``reverse`` walks the chunks last first: right after a pass over the same examples, the prefix
-    cache still holds some of its last chunks. Returns records and the wall seconds spent per
-    example, per name.
+    Returns records and the wall seconds spent per example, per name.
     """
     examples = list(engine.task.examples if examples is None else examples)  # type: ignore[arg-type]
     known = {} if known is None else dict(known)
@@ -101,8 +98,7 @@ def rollout_programs(
     keys: list[Any] = [*policies, *order]
     records: dict[Any, list[dict[str, Any]]] = {key: [{} for _ in examples] for key in keys}
     seconds: dict[Any, float] = dict.fromkeys(keys, 0.0)
-    chunks = length_chunks(engine, examples)
-    for chunk in reversed(chunks) if reverse else chunks:
+    for chunk in length_chunks(engine, examples):
         for name, (policy_engine, policy) in policies.items():
             t0 = time.perf_counter()
             infos = run_chunk(policy_engine, policy, [examples[i] for i in chunk])

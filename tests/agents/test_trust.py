@@ -570,7 +570,7 @@ def test_static_programs_reuse_known_records_and_match_a_fresh_rollout(tiny_lm, 
         ran.append((tuple(infos[0]["runs"]), [ex.id for ex in examples]))
         return infos
     monkeypatch.setattr(ro, "run_chunk", spy)
-    got, seconds = ro.rollout_programs(engine, programs, known=known, reverse=True)
+    got, seconds = ro.rollout_programs(engine, programs, known=known)
     assert set(got) == set(seconds) == set(programs)
     for name in programs:  # other batch compositions: equal up to float rounding
         for a, b in zip(got[name], fresh[name], strict=True):

@@ -43,7 +43,13 @@ from polar_rl.envs.engine import choice_gold_logprob, task_term
 from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.models.loading import cache_root
 from polar_rl.tasks.examples import MCExample
-from polar_rl.tasks.multiple_choice import PackedBatch, choice_scores, pack_questions, packed_inputs
+from polar_rl.tasks.multiple_choice import (
+    PackedBatch,
+    choice_scores,
+    pack_questions,
+    packed_inputs,
+    packed_lengths,
+)
 
 SEARCH_VERSION = 1  # bump when the search changes what it returns
 
@@ -142,7 +148,7 @@ class ProgramScorer:
         self.lm, self.block_size, self.objective = lm, block_size, objective
         self.num_blocks = lm.num_layers // block_size
         # chunks of similar token length: 24 % padded tokens on the 96 ARC-Easy search questions, 42 % by characters
-        tokens = [int(pack_questions(lm.tokenizer, [ex], lm.pad_token_id).lengths[0]) for ex in examples]
+        tokens = packed_lengths(lm.tokenizer, examples)
         order = [examples[i] for i in sorted(range(len(examples)), key=lambda i: (tokens[i], i))]
         self.chunks: list[_Chunk] = []
         with torch.inference_mode():

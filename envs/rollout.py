@@ -14,7 +14,7 @@ import numpy as np
 
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.tasks.examples import MCExample
-from polar_rl.tasks.multiple_choice import pack_questions
+from polar_rl.tasks.multiple_choice import packed_lengths
 
 #: (observations (N, D), action masks (N, 3), block index) -> actions (N,)
 PolicyFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -25,8 +25,7 @@ def length_chunks(engine: LockstepEngine, examples: Sequence[MCExample]) -> list
 
     Rows of similar length share a chunk, so its length buckets are few and nearly unpadded (ARC rows
     vary 24..130 tokens; in task order a chunk of 16 pads ~15 % more tokens)."""
-    tokenizer, pad = engine.lm.tokenizer, engine.lm.pad_token_id
-    lengths = [int(pack_questions(tokenizer, [ex], pad).lengths[0]) for ex in examples]
+    lengths = packed_lengths(engine.lm.tokenizer, examples)
     order = sorted(range(len(examples)), key=lambda i: (-lengths[i], i))
     return [order[lo : lo + engine.n] for lo in range(0, len(order), engine.n)]
 

@@ -112,6 +112,11 @@ class PackedBatch:
         )
 
 
+def packed_lengths(tokenizer: Any, examples: Sequence[MCExample]) -> list[int]:
+    """Tokens in each question's packed row (context + every choice), e.g. to batch rows of similar length."""
+    return [tokenize_question(tokenizer, ex).packed_len for ex in examples]
+
+
 def pack_questions(tokenizer: Any, examples: Sequence[MCExample], pad_token_id: int = 0) -> PackedBatch:
     """Pack each question's context and choices into one row; right-pad rows to the longest."""
     toks = [tokenize_question(tokenizer, ex) for ex in examples]

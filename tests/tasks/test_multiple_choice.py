@@ -5,7 +5,7 @@ import torch
 
 from polar_rl.program import Program
 from polar_rl.tasks import MCExample, load_task
-from polar_rl.tasks.multiple_choice import pack_questions, score_naive, score_packed
+from polar_rl.tasks.multiple_choice import pack_questions, packed_lengths, score_naive, score_packed
 
 pytestmark = pytest.mark.real
 
@@ -54,3 +54,10 @@ def test_reference_accuracy_on_arc_easy(real_model):
         acc[name] = sum(correct) / len(correct)
     assert abs(acc["full"] - 0.48) <= 0.04
     assert acc["skip20_24"] <= acc["full"] - 0.1
+
+
+def test_packed_lengths_are_the_packed_rows_real_tokens(real_model):
+    examples = list(load_task("arc_easy", "val").examples[:24])
+    batch = pack_questions(real_model.tokenizer, examples, real_model.pad_token_id)
+    lengths = packed_lengths(real_model.tokenizer, examples)
+    assert lengths == batch.lengths.tolist() and len(set(lengths)) > 1

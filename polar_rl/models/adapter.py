@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from polar_rl.config import ConfigError
 from polar_rl.models.program_cache import ProgramCache
 from polar_rl.program import Program
 
@@ -37,6 +38,14 @@ _ISSUE_HINT = "open an issue with the model id"
 
 class AdapterError(ValueError):
     """A model whose layout the adapter cannot drive."""
+
+
+class InputTooLongError(ConfigError):
+    """An input (prompt, context + choice, prompt + new tokens) longer than the model's position limit."""
+
+
+#: config attributes that bound the positions a model takes, in the order they are looked up
+_MAX_POSITION_NAMES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,27 @@ class LayerModel:
     @property
     def vocab_size(self) -> int:
         return int(self.parts.head.weight.shape[0])
+
+    @property
+    def max_positions(self) -> int | None:
+        """The most positions the model takes (``config.max_position_embeddings`` or its family's
+        name for it); None when the config sets no limit (ALiBi models)."""
+        for name in _MAX_POSITION_NAMES:
+            value = getattr(self.config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def check_length(self, num_tokens: int, what: str) -> None:
+        """InputTooLongError when ``num_tokens`` positions exceed :attr:`max_positions`.
+
+        ``what`` names the input and its parts, e.g. ``"prompt (9,000 tokens) + max_new_tokens 2,000"``;
+        callers check before any layer runs, so a too-long input costs no compute.
+        """
+        limit = self.max_positions
+        if limit is not None and num_tokens > limit:
+            raise InputTooLongError(f"{what} = {num_tokens:,} positions, but {self.name} takes at most {limit:,} "
+                                    f"(config max positions); shorten the input")
 
     @property
     def pad_token_id(self) -> int:
@@ -589,4 +619,4 @@ class LayerModel:
         return allowed | (k_idx == q_idx)[None]  # a padded query still sees itself (no empty rows)
 
 
-__all__ = ["AdapterError", "KNOWN_FAMILIES", "LayerInputs", "LayerModel"]
+__all__ = ["AdapterError", "InputTooLongError", "KNOWN_FAMILIES", "LayerInputs", "LayerModel"]

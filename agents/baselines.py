@@ -45,6 +45,7 @@ from polar_rl.models.loading import cache_root
 from polar_rl.tasks.examples import MCExample
 from polar_rl.tasks.multiple_choice import (
     PackedBatch,
+    check_fits,
     choice_scores,
     pack_questions,
     packed_inputs,
@@ -300,6 +301,7 @@ def search_static_programs(
     """Run the BI, single-skip and greedy searches on ``examples``, keeping ``objective`` high."""
     if len(examples) == 0:
         raise ValueError(f"{task} split {split!r} has no examples to search static programs on")
+    check_fits(lm, examples)  # the search runs shortest first: without this a too-long row fails last
     start_time = time.perf_counter()
     scorer = ProgramScorer(lm, examples, block_size, objective=objective)
     B = scorer.num_blocks

@@ -11,7 +11,10 @@ A cached result is reused only when everything that determines it is the same:
   data was edited under the same name) is stale: it is dropped on load and recomputed, never reused.
 
 The file holds ``{"format": 2, "model_hash", "dtype", "device", "entries": {example id ->
-{"example": hash, "correct", "margin", "gold_logprob"}}}``. Load it into the ``reference`` dict an
+{"example": hash, "correct", "margin", "gold_logprob"}}}``. The full model's measured seconds per
+question sit beside it (``<stem>.meta.json``), keyed by the question set they were measured on
+(:func:`questions_digest`): a ``--limit`` subset, or another task under the same name, never
+replaces the timing of the whole split. Load it into the ``reference`` dict an
 engine is given (the engine fills in the examples it is missing), and save the dict back after the
 run. Writing is optional: a cache folder that cannot be written costs a warning, never the run.
 Files of the first format (``<model_hash>__<task>__<split>.json``, entries without content hashes)
@@ -32,6 +35,7 @@ from polar_rl.models.loading import cache_root
 from polar_rl.tasks.examples import MCExample, Task
 
 FORMAT = 2
+MAX_TIMINGS = 16  # question sets whose timing a meta file (or a cached program) keeps, newest last
 #: what a cached value means: bump when choice scoring, the margin or the gold log-prob change
 SCORING = "rc: sum log p(choice | context), packed choices; margin = gold - best other; gold_logprob over choices; v1"
 
@@ -54,6 +58,27 @@ def _read_section(path: Path, identity: tuple, section: str, what: str) -> dict[
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"warning: ignoring unreadable {what} cache {path}: {e}")
         return {}
+
+
+def questions_digest(hashes: dict[str, str]) -> str:
+    """Identity of a question set (order aside): each example's id and content hash."""
+    payload = "".join(f"{key}:{hashes[key]}\n" for key in sorted(hashes))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _timings(raw: object) -> dict[str, float]:
+    """A stored {question-set digest: seconds per example} mapping (anything else, e.g. the old single
+    number that belonged to whichever set ran last: empty)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _with_timing(timings: dict[str, float], digest: str, seconds: float) -> dict[str, float]:
+    """``timings`` with ``digest``'s newest measurement, keeping the :data:`MAX_TIMINGS` newest sets."""
+    out = {k: v for k, v in timings.items() if k != digest}
+    out[digest] = float(seconds)
+    return dict(list(out.items())[-MAX_TIMINGS:])
 
 
 def example_hash(example: MCExample) -> str:
@@ -125,17 +150,23 @@ class ReferenceStore:
             return False
         return True
 
-    def load_seconds(self) -> float | None:
-        """Wall seconds per example of the full model's last measured pass on this split, if cached."""
+    def _read_seconds(self) -> dict[str, float]:
+        """{question-set digest: seconds per example} of the meta file."""
         try:
-            value = json.loads(self.meta_path.read_text())["seconds_per_example"]
-            return float(value) if value is not None else None
+            return _timings(json.loads(self.meta_path.read_text())["seconds_per_example"])
         except (OSError, ValueError, KeyError, TypeError):
-            return None
+            return {}
+
+    def load_seconds(self) -> float | None:
+        """Wall seconds per example of the full model's last measured pass on exactly this task's
+        questions (this split, or this ``--limit`` subset of it), if cached."""
+        return self._read_seconds().get(questions_digest(self.hashes))
 
     def save_seconds(self, seconds: float) -> None:
+        """Keep ``seconds`` per example as measured on this task's questions (other sets' timings stay)."""
+        timings = _with_timing(self._read_seconds(), questions_digest(self.hashes), seconds)
         try:
-            write_json_atomic(self.meta_path, {"seconds_per_example": seconds})
+            write_json_atomic(self.meta_path, {"format": FORMAT, "seconds_per_example": timings})
         except OSError as e:
             print(f"warning: could not write the reference cache {self.meta_path}: {e}")
 
@@ -152,9 +183,10 @@ class ProgramResultStore:
     weights, dtype, device kind, the example's content and the scoring rule) and on the program
     itself, so seeds and sweep trials that compare against the same static programs run each only once.
     ``$POLAR_RL_CACHE/programs/<model_hash>__<dtype>__<device>__<task>__<split>.json`` holds
-    ``{"format", "model_hash", "dtype", "device", "programs": {<key>: {"seconds_per_example",
-    "entries": {example id -> {"example": hash, "record": {...}}}}}}``. Entries whose example changed
-    are dropped on load; a program is reused only when every asked example is cached.
+    ``{"format", "model_hash", "dtype", "device", "programs": {<key>: {"seconds_per_example":
+    {question-set digest: seconds}, "entries": {example id -> {"example": hash, "record": {...}}}}}}``.
+    Entries whose example changed are dropped on load; a program is reused only when every asked
+    example is cached, and its timing only for the question set it was measured on.
     """
 
     def __init__(self, model_hash: str, task: Task, dtype: str = "float32", device: str = "cpu",
@@ -190,8 +222,8 @@ class ProgramResultStore:
             if not isinstance(record, dict) or record.get("example_id") != ex_id:
                 return None
             records.append(record)
-        seconds = entry.get("seconds_per_example")
-        return records, float(seconds) if isinstance(seconds, int | float) else None
+        asked = questions_digest({ex_id: self.hashes[ex_id] for ex_id in example_ids})
+        return records, _timings(entry.get("seconds_per_example")).get(asked)
 
     def save(self, results: dict[tuple[int, ...], tuple[list[dict[str, Any]], float]], block_size: int,
              loop_runs: int) -> bool:
@@ -201,9 +233,12 @@ class ProgramResultStore:
         for runs, (records, seconds) in results.items():
             key = self.key(runs, block_size, loop_runs)
             old = programs.get(key, {}).get("entries", {}) if isinstance(programs.get(key), dict) else {}
-            entries = {**old, **{r["example_id"]: {"example": self.hashes[r["example_id"]], "record": r}
-                                 for r in records if r["example_id"] in self.hashes}}
-            programs[key] = {"seconds_per_example": seconds, "entries": entries}
+            new = {r["example_id"]: {"example": self.hashes[r["example_id"]], "record": r}
+                   for r in records if r["example_id"] in self.hashes}
+            digest = questions_digest({i: e["example"] for i, e in new.items()})
+            before = programs[key].get("seconds_per_example") if isinstance(programs.get(key), dict) else None
+            programs[key] = {"seconds_per_example": _with_timing(_timings(before), digest, seconds),
+                             "entries": {**old, **new}}
         data = {"format": FORMAT, "model_hash": self.model_hash, "dtype": self.dtype, "device": self.device,
                 "scoring": SCORING, "programs": programs}
         try:

@@ -26,6 +26,7 @@ from polar_rl.tasks.examples import MCExample, Task
 from polar_rl.tasks.multiple_choice import (
     ChoiceScores,
     PackedBatch,
+    check_fits,
     choice_scores,
     pack_questions,
     packed_inputs,
@@ -117,6 +118,7 @@ class LockstepEngine:
             raise ValueError(f"unknown reward mode {cfg.reward!r}; expected one of {REWARD_MODES}")
         if cfg.compute_penalty < 0:
             raise ValueError(f"compute_penalty (lambda) must be >= 0, got {cfg.compute_penalty}")
+        check_fits(lm, task.examples)  # a row past the model's positions fails here, before any episode
         self.lm, self.task, self.cfg, self.n = lm, task, cfg, n
         self.num_blocks = check_block_size(lm.num_layers, cfg.block_size)
         bad = [b for b in cfg.always_execute if not 0 <= b < self.num_blocks]

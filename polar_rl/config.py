@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
 import secrets
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +37,9 @@ __all__ = [
     "TaskConfig",
     "TrackingConfig",
     "TrainingConfig",
+    "clip",
     "leaf_fields",
+    "shorten",
     "type_name",
 ]
 
@@ -66,6 +69,33 @@ Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 TrackingMode = Literal[TRACKING_MODES]  # type: ignore[valid-type]
 BaselineFamily = Literal[BASELINE_FAMILIES]  # type: ignore[valid-type]
 SearchObjective = Literal[SEARCH_OBJECTIVES]  # type: ignore[valid-type]
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` in at most about ``limit`` characters, for quoting a user's value in a message.
+
+    Containers are cut after a few items and three levels (never walked whole: a YAML alias bomb
+    stays cheap), long strings keep their ends and say how long they are.
+    """
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict = 3, 6
+    r.maxlist = r.maxtuple = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    r.maxstring = r.maxother = r.maxlong = max(limit, 12)
+    try:
+        text = r.repr(value)
+    except Exception:  # a repr that fails (an int past Python's digit limit, a broken object)
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[: max(limit - 3, 1)] + "..."
+    if isinstance(value, str) and len(value) > limit:
+        text += f" ({len(value):,} chars)"
+    return text
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` (a library's error message, a key) cut to ``limit`` characters, saying how much was cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more chars)"
 
 
 class ConfigError(ValueError):
@@ -146,7 +176,7 @@ class Section(BaseModel):
         return f"{self._name}.{name}" if self._name else name
 
     def _fail(self, name: str, requirement: str, value: Any) -> ConfigError:
-        return ConfigError(f"{self._key(name)} must be {requirement}, got {value!r}", self._key(name))
+        return ConfigError(f"{self._key(name)} must be {requirement}, got {shorten(value)}", self._key(name))
 
     def _non_empty(self, *names: str) -> None:
         for name in names:
@@ -169,7 +199,7 @@ class ModelConfig(Section):
     def _check(self) -> None:
         self._non_empty("name")
         if not _DEVICE_RE.match(self.device):
-            raise ConfigError(f"model.device: {self.device!r} is not a device; use cpu, cuda, cuda:N or mps",
+            raise ConfigError(f"model.device: {shorten(self.device)} is not a device; use cpu, cuda, cuda:N or mps",
                               "model.device")
 
 
@@ -189,8 +219,9 @@ class TaskConfig(Section):
         self._non_empty("name", "train_split", "eval_split", "test_split")
         for other in ("train_split", "eval_split"):  # picking on the split you report is test-set leakage
             if getattr(self, other) == self.test_split:
-                raise ConfigError(f"task.{other} and task.test_split are both {self.test_split!r}: the test split must "
-                                  f"stay unseen until the final evaluation; choose another split", f"task.{other}")
+                raise ConfigError(f"task.{other} and task.test_split are both {shorten(self.test_split)}: the test "
+                                  f"split must stay unseen until the final evaluation; choose another split",
+                                  f"task.{other}")
 
 
 class EnvConfig(Section):
@@ -278,7 +309,7 @@ class AgentConfig(Section):
             raise self._fail("init_action_probs", "3 probabilities in (0, 1) summing to 1", p)
         if self.warm_start is not None and not re.fullmatch(rf"best|({'|'.join(SEARCHED_FAMILIES)})_[1-9][0-9]*",
                                                             self.warm_start):
-            raise ConfigError(f"agent.warm_start: {self.warm_start!r} is not 'best' or a static program bi_K, "
+            raise ConfigError(f"agent.warm_start: {shorten(self.warm_start)} is not 'best' or a static program bi_K, "
                               f"skip_rank_K or greedy_K (K = skipped blocks)", "agent.warm_start")
         own = set(type(self).model_fields) - {"algo", "kwargs"}
         for key in self.kwargs:
@@ -368,7 +399,7 @@ class TrackingConfig(Section):
         mode = _WANDB_MODE_ALIASES.get(env, env)
         if mode not in TRACKING_MODES:
             raise ConfigError(
-                f"environment variable WANDB_MODE={env!r} is not a mode; use one of {', '.join(TRACKING_MODES)}"
+                f"environment variable WANDB_MODE={shorten(env)} is not a mode; use one of {', '.join(TRACKING_MODES)}"
             )
         return mode
 
@@ -392,7 +423,7 @@ class Config(Section):
         if self.run_name is not None and (
             "/" in self.run_name or "\\" in self.run_name or self.run_name in (".", "..")
         ):
-            raise ConfigError(f"run_name: {self.run_name!r} must be a plain directory name", "run_name")
+            raise ConfigError(f"run_name: {shorten(self.run_name)} must be a plain directory name", "run_name")
         if self.agent.uses_minibatches:
             n_envs, n_steps, batch = self.env.n_envs, self.agent.n_steps, self.agent.batch_size
             rollout = n_envs * n_steps
@@ -496,7 +527,7 @@ def _unknown_key(dotted: str, section: str, valid: Sequence[str]) -> ConfigError
     close = difflib.get_close_matches(last, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f"section {section!r}" if section else "the top level"
-    return ConfigError(f"unknown key {dotted!r}{hint}; valid keys of {where}: {', '.join(valid)}", dotted)
+    return ConfigError(f"unknown key {shorten(dotted)}{hint}; valid keys of {where}: {', '.join(valid)}", dotted)
 
 
 def _dotted(prefix: str, loc: Sequence[str | int]) -> str:
@@ -528,7 +559,7 @@ def _config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
         return cause
     loc, kind, value = err["loc"], err["type"], err["input"]
     key = _dotted(root._name, loc)
-    got = "null" if value is None else f"{value!r} ({type(value).__name__})"
+    got = "null" if value is None else f"{shorten(value)} ({type(value).__name__})"
     if kind == "extra_forbidden":
         owner, _ = _field_at(root, loc[:-1])
         return _unknown_key(key, owner._name, list(owner.model_fields))
@@ -536,17 +567,17 @@ def _config_error(exc: ValidationError, root: type[Section]) -> ConfigError:
         name, op = _BOUNDS[kind]
         bound = err["ctx"][name]  # a float field's bound comes back as a float: 0 reads better than 0.0
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return ConfigError(f"{key} must be {op} {bound}, got {value!r}", key)
+        return ConfigError(f"{clip(key)} must be {op} {bound}, got {shorten(value)}", key)
     if kind == "finite_number":
-        return ConfigError(f"{key} must be a finite number, got {value!r}", key)
+        return ConfigError(f"{clip(key)} must be a finite number, got {shorten(value)}", key)
     if kind == "literal_error":
-        return ConfigError(f"{key}: unknown value {value!r}; choose one of {err['ctx']['expected']}", key)
+        return ConfigError(f"{clip(key)}: unknown value {shorten(value)}; choose one of {err['ctx']['expected']}", key)
     if kind == "model_type":  # a section given as something other than a mapping
-        return ConfigError(f"{key}: expected a mapping of keys, got {got}", key)
+        return ConfigError(f"{clip(key)}: expected a mapping of keys, got {got}", key)
     _, f = _field_at(root, loc)
     expected = type_name(f.annotation) if f is not None else _ITEM_TYPES.get(kind, kind)
     if value is None:
-        return ConfigError(f"{key}: expected {expected}, got null (only optional fields may be null)", key)
+        return ConfigError(f"{clip(key)}: expected {expected}, got null (only optional fields may be null)", key)
     if kind.endswith("_type") or kind == "is_instance_of":
-        return ConfigError(f"{key}: expected {expected}, got {got}", key)
-    return ConfigError(f"{key}: {err['msg']}, got {got}", key)
+        return ConfigError(f"{clip(key)}: expected {expected}, got {got}", key)
+    return ConfigError(f"{clip(key)}: {clip(err['msg'])}, got {got}", key)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polar_rl.config import clip, shorten
 from polar_rl.fileio import atomic_open, replace_folder
 
 if TYPE_CHECKING:
@@ -142,31 +143,45 @@ class ResolvedModel:
     source: str
     name: str
     offline: bool
+    embedded: bool = False  # the spec was an embedded model's name (a path never is, whatever its folder's name)
 
 
 def resolve_model(spec: str) -> ResolvedModel:
     """Turn a user's spec into a loadable source, converting the embedded default if needed."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ModelSpecError(f"model spec must be a non-empty string, got {spec!r}")
+        raise ModelSpecError(f"model spec must be a non-empty string, got {shorten(spec)}")
     if spec in EMBEDDED_MODELS:
-        return ResolvedModel(str(ensure_embedded(spec)), spec, offline=True)
+        return ResolvedModel(str(ensure_embedded(spec)), spec, offline=True, embedded=True)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelSpecError(f"model path {spec!r} exists but holds no config.json (not a transformers model)")
+            raise ModelSpecError(f"model path {shorten(spec)} exists but holds no config.json (not a transformers model)")
         return ResolvedModel(str(path), path.name, offline=True)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec
     if looks_like_path:
-        raise ModelSpecError(f"model path {spec!r} does not exist")
+        raise ModelSpecError(f"model path {shorten(spec)} does not exist")
     if spec.count("/") != 1:
         raise ModelSpecError(
-            f"unknown model spec {spec!r}: expected one of {sorted(EMBEDDED_MODELS)}, a local model "
+            f"unknown model spec {shorten(spec)}: expected one of {sorted(EMBEDDED_MODELS)}, a local model "
             f"directory, or a hub id like 'org/name'"
         )
     return ResolvedModel(spec, spec.replace("/", "--"), offline=False)
 
 
 MANIFEST = "polar_rl_manifest.json"
+#: files that hold a tokenizer's vocabulary (fast, sentencepiece, BPE, WordPiece, tiktoken); a folder needs one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """ModelSpecError, before any weights load, for a model folder without tokenizer files (transformers
+    would ask for sentencepiece, or build an empty tokenizer that encodes every text to no tokens)."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken")):
+        return
+    raise ModelSpecError(f"model folder {str(folder)!r} has no tokenizer files (looked for "
+                         f"{', '.join(TOKENIZER_FILES)}, *.tiktoken); save the tokenizer into it "
+                         f"(tokenizer.save_pretrained(folder))")
 
 
 def verify_cached_copy(target: Path, source_sha256: str | None = None) -> str | None:
@@ -369,12 +384,17 @@ def load_model(
         try:
             config = AutoConfig.from_pretrained(resolved.source)
             attn = attention_implementation(config, spec)
+            if not resolved.embedded and Path(resolved.source).is_dir():
+                check_tokenizer_files(Path(resolved.source))
             model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch_dtype, attn_implementation=attn)
-        except AdapterError:
+        except (AdapterError, ModelSpecError):
             raise
         except (OSError, ValueError) as e:
-            raise ModelSpecError(f"cannot load model {spec!r}: {e}") from e
-        tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+            raise ModelSpecError(f"cannot load model {shorten(spec)}: {clip(e)}") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+        except (OSError, ValueError) as e:
+            raise ModelSpecError(f"cannot load the tokenizer of model {shorten(spec)}: {clip(e)}") from e
     ensure_pad_token(tokenizer)
     model = model.to(device)
     return LayerModel(
@@ -410,7 +430,7 @@ def attention_implementation(config: Any, spec: str = "model") -> str:
 
 def _identity(resolved: ResolvedModel, model: Any) -> str:
     """The model hash of a loaded model: its folder's content, or a hub id's resolved commit (else its weights)."""
-    if resolved.name in EMBEDDED_MODELS:  # ensure_embedded verified every file a moment ago
+    if resolved.embedded:  # ensure_embedded verified every file a moment ago
         return str(json.loads((Path(resolved.source) / MANIFEST).read_text())["weights_sha256"])[:16]
     if Path(resolved.source).is_dir():
         return model_hash(resolved.source)

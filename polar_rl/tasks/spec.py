@@ -18,13 +18,16 @@ optionally compressed). Only ``hub`` sources may touch the network.
 
 from __future__ import annotations
 
+import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from polar_rl.config import clip, shorten
 from polar_rl.models.loading import offline
 from polar_rl.tasks.examples import MCExample, TaskError
 from polar_rl.tasks.splits import DEFAULT_RATIOS, check_ratios
@@ -65,12 +68,12 @@ def resolve_path(raw: str | Path, base_dir: Path | None) -> Path:
     for c in candidates:
         if c.exists():
             return c.resolve()
-    raise TaskError(f"path {str(raw)!r} not found (tried {', '.join(str(c) for c in candidates)})")
+    raise TaskError(f"path {shorten(str(raw))} not found (tried {', '.join(str(c) for c in candidates)})")
 
 
 def _require(spec: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in spec or spec[key] is None:
-        raise TaskError(f"{where}: missing required key {key!r}")
+        raise TaskError(f"{where}: missing required key {shorten(key)}")
     return spec[key]
 
 
@@ -78,12 +81,12 @@ def _parse_source(src: Any, where: str, base_dir: Path | None) -> tuple[str, str
     if isinstance(src, str):  # shorthand: `source: data/my.jsonl`
         src = {"path": src}
     if not isinstance(src, Mapping):
-        raise TaskError(f"{where}: 'source' must be a mapping like {{path: file.jsonl}}, got {src!r}")
+        raise TaskError(f"{where}: 'source' must be a mapping like {{path: file.jsonl}}, got {shorten(src)}")
     kinds = [k for k in SOURCE_KINDS if k in src]
     extra = set(src) - set(SOURCE_KINDS) - {"config", "split"}
     if len(kinds) != 1 or extra:
         raise TaskError(
-            f"{where}: unknown source kind {sorted(set(src) - {'config', 'split'})}; "
+            f"{where}: unknown source kind {shorten(sorted(map(str, set(src) - {'config', 'split'})))}; "
             f"give exactly one of {list(SOURCE_KINDS)} (plus optional 'config', 'split')"
         )
     kind = kinds[0]
@@ -106,7 +109,7 @@ def _parse_choices(ch: Any, where: str) -> tuple[tuple[str, ...], bool]:
         if cols and not isinstance(ch["columns"], str):
             return cols, False
     raise TaskError(
-        f"{where}: 'choices' must be {{column: <list column>}} or {{columns: [a, b, ...]}}, got {ch!r}"
+        f"{where}: 'choices' must be {{column: <list column>}} or {{columns: [a, b, ...]}}, got {shorten(ch)}"
     )
 
 
@@ -114,18 +117,19 @@ def _parse_gold(gold: Any, where: str) -> tuple[str, str, int]:
     if isinstance(gold, str):
         gold = {"column": gold}
     if not isinstance(gold, Mapping) or not isinstance(gold.get("column"), str):
-        raise TaskError(f"{where}: 'gold' must be like {{column: label, type: index}}, got {gold!r}")
+        raise TaskError(f"{where}: 'gold' must be like {{column: label, type: index}}, got {shorten(gold)}")
     extra = set(gold) - {"column", "type", "offset"}
     if extra:
-        raise TaskError(f"{where}: unknown gold keys {sorted(extra)} (allowed: column, type, offset)")
+        raise TaskError(f"{where}: unknown gold keys {shorten(sorted(map(str, extra)))} "
+                        f"(allowed: column, type, offset)")
     kind = gold.get("type", "index")
     if kind not in GOLD_TYPES:
-        raise TaskError(f"{where}: unknown gold type {kind!r}; choose from {list(GOLD_TYPES)}")
+        raise TaskError(f"{where}: unknown gold type {shorten(kind)}; choose from {list(GOLD_TYPES)}")
     offset = gold.get("offset", 0)
     if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TaskError(f"{where}: gold offset must be an integer, got {offset!r}")
+        raise TaskError(f"{where}: gold offset must be an integer, got {shorten(offset)}")
     if offset and kind != "index":
-        raise TaskError(f"{where}: gold offset only applies to type 'index', not {kind!r}")
+        raise TaskError(f"{where}: gold offset only applies to type 'index', not {shorten(kind)}")
     return gold["column"], kind, offset
 
 
@@ -137,26 +141,26 @@ def parse_spec(
         raise TaskError(f"a task spec must be a mapping, got {type(spec).__name__}")
     name = spec.get("name") or default_name
     if not isinstance(name, str) or not name.strip():
-        raise TaskError(f"task spec needs a non-empty string 'name', got {spec.get('name')!r}")
-    where = f"task spec {name!r}"
+        raise TaskError(f"task spec needs a non-empty string 'name', got {shorten(spec.get('name'))}")
+    where = f"task spec {shorten(name)}"
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise TaskError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        raise TaskError(f"{where}: unknown keys {shorten(sorted(map(str, unknown)))}; allowed: {sorted(SPEC_KEYS)}")
     context = _require(spec, "context", where)
     if not isinstance(context, str):
-        raise TaskError(f"{where}: 'context' must be a string template, got {context!r}")
+        raise TaskError(f"{where}: 'context' must be a string template, got {shorten(context)}")
     _template_fields(context, where)  # syntax check now, columns later
     cols, is_list = _parse_choices(_require(spec, "choices", where), where)
     gold_col, gold_type, offset = _parse_gold(_require(spec, "gold", where), where)
     prefix = spec.get("choice_prefix", " ")
     if not isinstance(prefix, str):
-        raise TaskError(f"{where}: 'choice_prefix' must be a string, got {prefix!r}")
+        raise TaskError(f"{where}: 'choice_prefix' must be a string, got {shorten(prefix)}")
     id_col = spec.get("id_column")
     if id_col is not None and not isinstance(id_col, str):
-        raise TaskError(f"{where}: 'id_column' must be a column name, got {id_col!r}")
+        raise TaskError(f"{where}: 'id_column' must be a column name, got {shorten(id_col)}")
     ratios = spec.get("splits") or DEFAULT_RATIOS
     if not isinstance(ratios, Mapping):
-        raise TaskError(f"{where}: 'splits' must map split names to ratios, got {ratios!r}")
+        raise TaskError(f"{where}: 'splits' must map split names to ratios, got {shorten(ratios)}")
     try:
         checked = check_ratios(ratios)
     except TaskError as e:
@@ -185,7 +189,7 @@ def _builder_for(path: Path) -> tuple[str, dict[str, Any]]:
         name = name.removesuffix(comp)
     ext = name.rsplit(".", 1)[-1] if "." in name else ""
     if ext not in _BUILDERS:
-        raise TaskError(f"cannot read {path}: unknown extension {ext!r}; supported: {sorted(_BUILDERS)}")
+        raise TaskError(f"cannot read {path}: unknown extension {shorten(ext)}; supported: {sorted(_BUILDERS)}")
     return _BUILDERS[ext], ({"delimiter": "\t"} if ext == "tsv" else {})
 
 
@@ -205,14 +209,114 @@ def _read_rows_cached(
         return _load_rows(kind, location, config, split)
     except TaskError:
         raise
-    except Exception as e:  # malformed file, missing hub set, ...: say which source failed
-        raise TaskError(f"cannot read {kind} source {location!r}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # malformed file, missing hub set, ...: say which source failed, and why
+        problem = diagnose_file(Path(location)) if kind == "path" else None
+        what = "data file" if kind == "path" else f"{kind} source"
+        raise TaskError(f"cannot read {what} {location}: {problem or _library_error(e)}") from e
+
+
+def _library_error(e: BaseException) -> str:
+    """A library's exception as one bounded line; ``datasets`` wraps the real error as the cause."""
+    cause = e.__cause__ if type(e).__name__ == "DatasetGenerationError" and e.__cause__ is not None else e
+    return f"{type(cause).__name__}: {clip(str(cause).strip() or 'no message', 200)}"
+
+
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+_DIAGNOSE_BYTES = 256 << 20  # larger files are left to the library's message
+
+
+def _file_bytes(path: Path) -> bytes | None:
+    """The file's bytes, decompressed (gz, bz2, xz); None for other compressions or huge files."""
+    if path.stat().st_size > _DIAGNOSE_BYTES:
+        return None
+    suffix = path.suffix.lower()
+    if suffix in _OPENERS:
+        import importlib
+
+        return importlib.import_module(_OPENERS[suffix]).decompress(path.read_bytes())
+    return None if suffix in _COMPRESSION else path.read_bytes()
+
+
+def diagnose_file(path: Path) -> str | None:
+    """Why a local data file yields no rows, as one line naming the line at fault: empty, only blank
+    lines, not UTF-8, a CSV header without rows, or the first JSON line that does not parse (None when
+    none of these is the reason)."""
+    try:
+        raw = _file_bytes(path)
+    except (OSError, EOFError, ValueError) as e:
+        return f"cannot decompress it ({_library_error(e)})"
+    if raw is None:
+        return None
+    if not raw:
+        return "the file is empty (0 bytes)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return f"line {line}: not UTF-8 text (byte {raw[e.start]:#04x})"
+    lines = text.splitlines()
+    rows = [line for line in lines if line.strip()]
+    if not rows:
+        return f"the file holds only blank lines ({len(lines)} lines, no rows)"
+    builder = _builder_for(path)[0]
+    if builder == "csv":
+        return "the file has a header line but no data rows" if len(rows) == 1 else None
+    return _json_problem(text, lines) if builder == "json" else None
+
+
+def _json_problem(text: str, lines: list[str]) -> str | None:
+    """The first problem of a JSON file: a list of objects (one document) or one object per line."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        try:
+            json.loads(next(line for line in lines if line.strip()))
+        except json.JSONDecodeError:  # not JSON lines: one document, broken where the error says
+            return f"line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})"
+        return _json_lines_problem(lines)
+    items = doc if isinstance(doc, list) else [doc]
+    bad = next((i for i, item in enumerate(items) if not isinstance(item, dict)), None)
+    return None if bad is None else f"item {bad} is a {type(items[bad]).__name__}, not an object {{...}}"
+
+
+def _json_lines_problem(lines: list[str]) -> str | None:
+    """The first line of a JSON-lines file that is not one JSON object."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {n}, column {e.colno}: not valid JSON ({e.msg}): {shorten(line, 60)}"
+        if not isinstance(row, dict):
+            return f"line {n}: a row must be a JSON object {{...}}, got a {type(row).__name__}: {shorten(line, 60)}"
+    return None
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence ``datasets``' own error log lines: a failed load becomes one TaskError that says why."""
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
 
 
 def _load_rows(kind: str, location: str, config: str | None, split: str | None) -> tuple[dict[str, Any], ...]:
     import datasets
 
     datasets.disable_progress_bars()
+    with _quiet_datasets():
+        return _load_dataset(kind, location, config, split)
+
+
+def _load_dataset(kind: str, location: str, config: str | None, split: str | None) -> tuple[dict[str, Any], ...]:
+    import datasets
+
     if kind == "hub":  # the only kind allowed to use the network
         ds = datasets.load_dataset(location, config, split=split)
     elif kind == "disk":
@@ -221,7 +325,7 @@ def _load_rows(kind: str, location: str, config: str | None, split: str | None) 
         if isinstance(ds, datasets.DatasetDict):
             if split is None or split not in ds:
                 raise TaskError(
-                    f"{location} holds splits {sorted(ds)}; pick one with source.split (got {split!r})"
+                    f"{location} holds splits {sorted(ds)}; pick one with source.split (got {shorten(split)})"
                 )
             ds = ds[split]
     else:
@@ -292,7 +396,7 @@ def _template_fields(template: str, where: str) -> list[str]:
     try:
         fields = [f for _, f, _, _ in _FORMATTER.parse(template) if f is not None]
     except ValueError as e:
-        raise TaskError(f"{where}: bad context template {template!r}: {e}") from None
+        raise TaskError(f"{where}: bad context template {shorten(template)}: {e}") from None
     for f in fields:
         if f == "" or f.isdigit():
             raise TaskError(f"{where}: context template field {{{f}}} must name a column")
@@ -301,7 +405,8 @@ def _template_fields(template: str, where: str) -> list[str]:
 
 def _check_column(rows: Sequence[Mapping[str, Any]], path: str, role: str, where: str) -> None:
     if _lookup(rows[0], path) is _MISSING:
-        raise TaskError(f"{where}: {role} column {path!r} not found; available columns: {sorted(rows[0])}")
+        raise TaskError(f"{where}: {role} column {shorten(path)} not found; available columns: "
+                        f"{shorten(sorted(rows[0]), 300)}")
 
 
 def _as_text(value: Any, what: str, where: str, allow_int: bool = False) -> str:
@@ -311,7 +416,7 @@ def _as_text(value: Any, what: str, where: str, allow_int: bool = False) -> str:
         return value
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise TaskError(f"{where}: {what} must be text{' or an int' if allow_int else ''}, got {value!r} "
+    raise TaskError(f"{where}: {what} must be text{' or an int' if allow_int else ''}, got {shorten(value)} "
                     f"({type(value).__name__})")
 
 
@@ -319,10 +424,11 @@ def _gold_index(value: Any, spec: MCSpec, raw_choices: Sequence[str], where: str
     n = len(raw_choices)
     idx: int | None = None
     if spec.gold_type in ("text", "letter") and not isinstance(value, str):
-        raise TaskError(f"{where}: gold of type {spec.gold_type} must be text, got {value!r} ({type(value).__name__})")
+        raise TaskError(f"{where}: gold of type {spec.gold_type} must be text, got {shorten(value)} "
+                        f"({type(value).__name__})")
     if spec.gold_type == "index" and not (isinstance(value, int) and not isinstance(value, bool)
                                           or isinstance(value, str)):
-        raise TaskError(f"{where}: gold of type index must be an int, got {value!r} ({type(value).__name__})")
+        raise TaskError(f"{where}: gold of type index must be an int, got {shorten(value)} ({type(value).__name__})")
     if spec.gold_type == "text":
         text = value
         if text in raw_choices:
@@ -330,7 +436,7 @@ def _gold_index(value: Any, spec: MCSpec, raw_choices: Sequence[str], where: str
         elif text is not None and text.strip() in [c.strip() for c in raw_choices]:
             idx = [c.strip() for c in raw_choices].index(text.strip())
         if idx is None:
-            raise TaskError(f"{where}: gold {value!r} is not among the choices {list(raw_choices)}")
+            raise TaskError(f"{where}: gold {shorten(value)} is not among the choices {shorten(list(raw_choices))}")
         return idx
     if spec.gold_type == "letter":
         s = "" if value is None else str(value).strip()
@@ -345,16 +451,17 @@ def _gold_index(value: Any, spec: MCSpec, raw_choices: Sequence[str], where: str
             idx = int(value) - spec.gold_offset
     if idx is None or not 0 <= idx < n:
         raise TaskError(
-            f"{where}: gold {value!r} (type {spec.gold_type}) is not among the {n} choices {list(raw_choices)}"
+            f"{where}: gold {shorten(value)} (type {spec.gold_type}) is not among the {n} choices "
+            f"{shorten(list(raw_choices))}"
         )
     return idx
 
 
 def build_examples(spec: MCSpec, rows: Sequence[Mapping[str, Any]]) -> tuple[MCExample, ...]:
     """Turn rows into examples, checking columns, templates, choices, gold and id uniqueness."""
-    where = f"task spec {spec.name!r}"
+    where = f"task spec {shorten(spec.name)}"
     if not rows:
-        raise TaskError(f"{where}: source {spec.source[1]!r} has no rows (empty set)")
+        raise TaskError(f"{where}: source {shorten(spec.source[1])} has no rows (empty set)")
     for f in _template_fields(spec.context, where):
         _check_column(rows, f, "context template", where)
     for c in spec.choice_columns:
@@ -369,10 +476,10 @@ def build_examples(spec: MCSpec, rows: Sequence[Mapping[str, Any]]) -> tuple[MCE
         raw_id = (
             str(i)
             if spec.id_column is None
-            else _as_text(_lookup(row, spec.id_column), f"id column {spec.id_column!r}", f"{where}, row {i}",
+            else _as_text(_lookup(row, spec.id_column), f"id column {shorten(spec.id_column)}", f"{where}, row {i}",
                           allow_int=True)
         )
-        at = f"{where}, row {i} (id {raw_id!r})"
+        at = f"{where}, row {i} (id {shorten(raw_id)})"
         if raw_id in seen:
             raise TaskError(f"{at}: duplicate id, first seen at row {seen[raw_id]}")
         seen[raw_id] = i
@@ -380,19 +487,23 @@ def build_examples(spec: MCSpec, rows: Sequence[Mapping[str, Any]]) -> tuple[MCE
             listed = _lookup(row, spec.choice_columns[0])
             if not isinstance(listed, list | tuple):
                 raise TaskError(
-                    f"{at}: choices column {spec.choice_columns[0]!r} must hold a list, got {listed!r}"
+                    f"{at}: choices column {shorten(spec.choice_columns[0])} must hold a list, got {shorten(listed)}"
                 )
         else:
             listed = [_lookup(row, c) for c in spec.choice_columns]
-        raw_choices = [_as_text(c, f"choice {j} (column {spec.choice_columns[0 if spec.choices_is_list else j]!r})",
-                                at) for j, c in enumerate(listed)]
+        columns = [spec.choice_columns[0 if spec.choices_is_list else j] for j in range(len(listed))]
+        raw_choices = [_as_text(c, f"choice {j} (column {shorten(col)})", at)
+                       for j, (c, col) in enumerate(zip(listed, columns, strict=True))]
         if not raw_choices:
             raise TaskError(f"{at}: no choices")
         try:
             context = _FORMATTER.vformat(spec.context, (), row)
         except (KeyError, IndexError, ValueError, AttributeError) as e:
-            raise TaskError(f"{at}: cannot fill context template {spec.context!r}: {e!r}") from None
+            raise TaskError(f"{at}: cannot fill context template {shorten(spec.context)}: {shorten(e)}") from None
         gold = _gold_index(_lookup(row, spec.gold_column), spec, raw_choices, at)
         choices = tuple(spec.choice_prefix + c for c in raw_choices)
-        out.append(MCExample(id=f"{spec.name}/{raw_id}", context=context, choices=choices, gold=gold))
+        try:
+            out.append(MCExample(id=f"{spec.name}/{raw_id}", context=context, choices=choices, gold=gold))
+        except TaskError as e:  # empty or duplicate choices, empty context: say which row
+            raise TaskError(f"{where}, row {i}: {e}") from None
     return tuple(out)

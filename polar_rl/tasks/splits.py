@@ -22,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 
+from polar_rl.config import shorten
 from polar_rl.tasks.examples import TaskError
 
 DEFAULT_RATIOS: Mapping[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -46,12 +47,12 @@ def check_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
         if key == ALL:
             raise TaskError(f"'{ALL}' is reserved and cannot be a split ratio name")
         if key in out:
-            raise TaskError(f"split {name!r} given twice in ratios {dict(ratios)}")
+            raise TaskError(f"split {shorten(name)} given twice in ratios {shorten(dict(ratios))}")
         if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r) or r <= 0:
-            raise TaskError(f"split ratio for {name!r} must be a positive number, got {r!r}")
+            raise TaskError(f"split ratio for {shorten(name)} must be a positive number, got {shorten(r)}")
         out[key] = float(r)
     if abs(sum(out.values()) - 1.0) > 1e-6:
-        raise TaskError(f"split ratios must sum to 1, got {sum(out.values())} from {dict(ratios)}")
+        raise TaskError(f"split ratios must sum to 1, got {sum(out.values())} from {shorten(dict(ratios))}")
     return out
 
 

@@ -207,6 +207,41 @@ def test_duplicate_key_is_an_error(tmp_path):
         load_config(path)
 
 
+def test_user_yaml_is_read_by_one_loader_that_refuses_bombs(tmp_path):
+    """Issue 20: every user file goes through ``read_yaml``; an alias bomb (549 bytes gave a 312 MB
+    line) and a recursive alias are one short line, a few aliases and big plain files are fine."""
+    from polar_rl.config_sources import read_yaml
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    bomb = write(tmp_path, "\n".join(lines) + "\nmodel: {name: *i}\n", "bomb.yaml")
+    assert bomb.stat().st_size < 700
+    for path in (bomb, write(tmp_path, "model: &m {name: [*m]}\n", "loop.yaml")):
+        with raises([str(path), "aliases expand"]) as err:
+            load_config(path)
+        assert len(str(err.value)) < 300
+    deep = write(tmp_path, "seed: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml")
+    with raises([str(deep), "nested too deeply"]):
+        load_config(deep)
+    assert read_yaml(write(tmp_path, "a: &x [1, 2]\nb: [*x, *x]\nc: 1e-4\n", "ok.yaml")) == {
+        "a": [1, 2], "b": [[1, 2], [1, 2]], "c": 1e-4}
+    assert len(read_yaml(write(tmp_path, "\n".join(f"k{i}: {i}" for i in range(20_000)), "big.yaml"))) == 20_000
+    with raises(["sweep config not found"]):
+        read_yaml(tmp_path / "nope.yaml", "sweep config")
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [({"model": {"name": ["x" * 100] * 100_000}}, "model.name"), ({"run_name": "y" * 10**6 + "/"}, "run_name"),
+     ({"env": {"compute_penalty": "z" * 10**6}}, "env.compute_penalty"), ({"k" * 10**5: 1}, "unknown key")],
+    ids=["huge-list", "huge-string", "huge-wrong-type", "huge-key"],
+)
+def test_messages_quote_huge_values_briefly(data, key):
+    with raises([key]) as err:
+        Config.from_dict(data)
+    assert len(str(err.value)) < 400
+
+
 def test_yaml_cannot_run_code(tmp_path):
     path = write(tmp_path, "run_name: !!python/object/apply:os.getcwd []\n")
     with raises([str(path), "invalid YAML"]):

@@ -60,6 +60,7 @@ def test_local_directory_loads_and_runs(tmp_path):
     from tests.conftest import tiny_hf_model
 
     tiny_hf_model("qwen2", 2).save_pretrained(tmp_path)
+    _save_tiny_tokenizer(tmp_path)
     lm = load_model(str(tmp_path))
     assert lm.num_layers == 2
     assert lm.name == tmp_path.name
@@ -198,3 +199,27 @@ def test_chunked_gguf_is_joined_once_and_verified(tmp_path, monkeypatch):
     with pytest.raises(ModelSpecError, match="the joined chunks have sha256"):
         loading.embedded_gguf_path("toy")
     assert not path.exists() and not list(path.parent.glob(".toy.gguf*"))  # no temp file left
+
+
+def test_model_folder_trust(tmp_path, monkeypatch):
+    """Issue 20: a folder without tokenizer files says so (it loaded an empty tokenizer, or asked for
+    sentencepiece); a folder named like an embedded model is a path, hashed by its content."""
+    from polar_rl.models.loading import EMBEDDED_MODELS, TOKENIZER_FILES, model_hash
+    from tests.conftest import tiny_hf_model
+
+    bare = tmp_path / "bare"
+    tiny_hf_model("qwen2", 2).save_pretrained(bare)
+    with pytest.raises(ModelSpecError) as err:
+        load_model(str(bare))
+    message = str(err.value)
+    assert "has no tokenizer files" in message and str(bare) in message and len(message) < 400
+    assert all(name in message for name in TOKENIZER_FILES)
+
+    monkeypatch.setenv("POLAR_RL_CACHE", str(tmp_path / "cache"))
+    for name in EMBEDDED_MODELS:  # a plain checkpoint the user converted and named like the embedded one
+        folder = tmp_path / "mine" / name
+        tiny_hf_model("llama", 2).save_pretrained(folder)
+        _save_tiny_tokenizer(folder)
+        lm = load_model(str(folder))
+        assert lm.name == name and lm.num_layers == 2 and lm.model_hash == model_hash(str(folder))
+    assert not (tmp_path / "cache").exists()  # the embedded cache was never read nor made

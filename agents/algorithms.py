@@ -7,17 +7,24 @@ algorithm takes is spelled out once here: PPO and MaskablePPO take minibatch set
 
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
+import io
+import json
 import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from polar_rl.config import ALGORITHMS, AgentConfig, Config, ConfigError, EnvConfig
+
+if TYPE_CHECKING:
+    from polar_rl.models.adapter import LayerModel
 
 #: algorithms that read ``action_masks()`` (the others would act on masked actions)
 MASKABLE: frozenset[str] = frozenset({"maskable_ppo"})
@@ -106,20 +113,158 @@ class DamagedModelError(ConfigError):
     """A model zip that cannot be loaded (truncated, not a zip, wrong contents)."""
 
 
+class ForeignModelError(DamagedModelError):
+    """A model zip that is not a policy of this run's kind: another algorithm, network or observation shape."""
+
+
 #: what SB3 raises on a damaged zip (truncated, garbage, a member that does not unpickle)
 _DAMAGED = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, IndexError, AssertionError,
             pickle.UnpicklingError, zipfile.BadZipFile)
+#: the largest ``data`` member read (SB3's JSON of a small MLP's settings is a few kB)
+_MAX_DATA_BYTES = 64 << 20
+#: saved keys an algorithm's own attributes lack before its model is set up
+_SETUP_KEYS = frozenset({"observation_space", "action_space", "lr_schedule", "n_envs"})
 
 
-def load_algorithm(name: str, path: Path, env: VecEnv | None = None) -> BaseAlgorithm:
-    """Load a saved model of algorithm ``name`` (optimizer state and ``num_timesteps`` included);
-    a damaged file is one DamagedModelError naming it."""
-    cls = algorithm_class(name)
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _damaged(path: Path, cls: type, e: BaseException) -> DamagedModelError:
+    return DamagedModelError(f"cannot load the model {path}: damaged or not a {cls.__name__} zip "
+                             f"({type(e).__name__}: {_one_line(e)})")
+
+
+def policy_spaces(lm: LayerModel, env: EnvConfig) -> tuple[Any, Any]:
+    """The observation and action spaces of a policy for ``lm`` under ``env``, built as the envs build them."""
+    import gymnasium as gym
+    import numpy as np
+
+    from polar_rl.masks import NUM_ACTIONS
+    from polar_rl.observation import ObservationSpec
+    from polar_rl.program import check_block_size
+
     try:
-        return cls.load(path, env=env, device="cpu")
+        num_blocks = check_block_size(lm.num_layers, env.block_size)
+    except ValueError as e:
+        raise ConfigError(f"env.block_size={env.block_size}: {e}") from None
+    spec = ObservationSpec(lm.hidden_size, num_blocks, env.obs_pooled, env.obs_logit_lens)
+    return gym.spaces.Box(-spec.clip, spec.clip, shape=(spec.dim,), dtype=np.float32), gym.spaces.Discrete(NUM_ACTIONS)
+
+
+def read_model_data(path: Path, cls: type) -> tuple[bytes, dict[str, Any]]:
+    """The zip's bytes (read once: what is checked is what loads) and its ``data`` member as plain
+    JSON; pickled entries stay ``{":serialized:": ...}`` dicts, never unpickled."""
+    try:
+        raw = Path(path).read_bytes()
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            if archive.getinfo("data").file_size > _MAX_DATA_BYTES:
+                raise ValueError(f"its data member is over {_MAX_DATA_BYTES >> 20} MiB")
+            data = json.loads(archive.read("data"))
+        if not isinstance(data, dict):
+            raise ValueError("its data member is not a JSON object")
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
+        raise _damaged(path, cls, e) from None
+    return raw, data
+
+
+def _pickled(value: Any) -> bool:
+    return isinstance(value, dict) and ":serialized:" in value
+
+
+def _skeleton(cls: type[BaseAlgorithm], cfg: Config) -> BaseAlgorithm:
+    """The algorithm built from ``cfg`` without env or networks: its attributes are the saved keys."""
+    try:
+        model = cls("MlpPolicy", None, _init_setup_model=False, **algorithm_kwargs(cfg.agent))  # type: ignore[call-arg]
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ConfigError(f"agent.kwargs: {cls.__name__} rejected the arguments {dict(cfg.agent.kwargs)}: "
+                          f"{_one_line(e)}") from None
+    model._setup_lr_schedule()
+    return model
+
+
+def _algorithm_mismatch(data: dict[str, Any], skeleton: BaseAlgorithm) -> str | None:
+    """Why ``data`` was not saved by the skeleton's algorithm with its network (None: it was)."""
+    saved = set(skeleton.__dict__) - set(skeleton._excluded_save_params()) | _SETUP_KEYS
+    taken = set(inspect.signature(type(skeleton).__init__).parameters) & saved  # its constructor's settings
+    extra, missing = sorted(set(data) - saved), sorted(taken - set(data))
+    name = type(skeleton).__name__
+    if extra:
+        return f"it holds {', '.join(extra[:5])}, which {name} does not save"
+    if missing:
+        return f"it lacks {', '.join(missing[:5])}, which {name} saves"
+    entry, want = data.get("policy_class"), skeleton.policy_class
+    if isinstance(entry, dict) and entry.get("__module__") != want.__module__:
+        return f"its policy comes from {str(entry.get('__module__'))[:80]}, not {want.__module__}.{want.__name__}"
+    kwargs = data.get("policy_kwargs")
+    net = kwargs.get("net_arch") if isinstance(kwargs, dict) else None  # plain even beside a pickled dict
+    if net is not None and net != skeleton.policy_kwargs.get("net_arch"):
+        return f"its net_arch {str(net)[:80]} is not agent.net_arch {skeleton.policy_kwargs.get('net_arch')}"
+    return None
+
+
+def _space_mismatch(data: dict[str, Any], obs_space: Any, action_space: Any) -> str | None:
+    """Why the spaces recorded in ``data`` (their plain JSON fields) are not ``obs_space`` / ``action_space``."""
+    obs, act = data.get("observation_space"), data.get("action_space")
+    if not isinstance(obs, dict):
+        return "it records no observation space"
+    shape, dtype = obs.get("_shape"), obs.get("dtype")
+    if not isinstance(shape, list) or shape != list(obs_space.shape) or dtype != str(obs_space.dtype):
+        shown = tuple(shape) if isinstance(shape, list) else shape
+        return f"its policy takes observations of shape {str(shown)[:80]} ({str(dtype)[:20]})"
+    n = act.get("n") if isinstance(act, dict) else None
+    if str(n) != str(action_space.n):
+        return f"its policy has {str(n)[:20]} actions"
+    return None
+
+
+def _custom_objects(data: dict[str, Any], skeleton: BaseAlgorithm, cfg: Config, spaces: tuple[Any, Any],
+                    env: VecEnv | None) -> dict[str, Any]:
+    """A replacement for every pickled entry of ``data`` (SB3 unpickles the others), rebuilt from
+    ``cfg``; the entries that size or locate things are replaced even when stored as plain JSON."""
+    rebuilt: dict[str, Any] = {
+        "policy_class": skeleton.policy_class,
+        "policy_kwargs": copy.deepcopy(skeleton.policy_kwargs),
+        "observation_space": spaces[0],
+        "action_space": spaces[1],
+        "n_envs": env.num_envs if env is not None else 1,
+        "n_steps": cfg.agent.n_steps,
+        "env": None,  # SB3 would make an env of that name
+        "_last_obs": None, "_last_episode_starts": None, "_last_original_obs": None,  # a reset starts afresh
+        "ep_info_buffer": None, "ep_success_buffer": None,  # logging only; a resume restores them from JSON
+    }
+    objects = {key: value for key, value in rebuilt.items() if key in data}
+    for key, value in data.items():
+        if _pickled(value) and key not in objects:
+            objects[key] = getattr(skeleton, key)  # _algorithm_mismatch made sure it is one of its settings
+    return objects
+
+
+def load_algorithm(cfg: Config, path: Path, lm: LayerModel, env: VecEnv | None = None) -> BaseAlgorithm:
+    """Load a saved ``cfg.agent.algo`` policy for ``lm`` (optimizer state and ``num_timesteps`` included)
+    as data, never as code: no pickled entry of the zip is unpickled (each is rebuilt from ``cfg``
+    and ``lm``: policy class, spaces, schedules; buffers start empty), and SB3 reads the ``.pth``
+    members with ``torch.load(weights_only=True)``. A damaged file is one DamagedModelError naming it;
+    a zip of another algorithm, network or observation shape one ForeignModelError naming the mismatch."""
+    cls = algorithm_class(cfg.agent.algo)
+    raw, data = read_model_data(path, cls)
+    skeleton = _skeleton(cls, cfg)
+    why = _algorithm_mismatch(data, skeleton)
+    if why is not None:
+        raise ForeignModelError(f"cannot load the model {path}: not a {cls.__name__} policy of this run "
+                                f"(agent.algo={cfg.agent.algo!r}): {why}")
+    spaces = policy_spaces(lm, cfg.env)
+    why = _space_mismatch(data, *spaces)
+    if why is not None:
+        raise ForeignModelError(f"cannot load the model {path}: {why}, but {lm.name} with env.block_size="
+                                f"{cfg.env.block_size} gives {spaces[0].shape} ({spaces[0].dtype}) and "
+                                f"{spaces[1].n} actions; is it this run's model?")
+    try:
+        return cls.load(io.BytesIO(raw), env=env, device="cpu",
+                        custom_objects=_custom_objects(data, skeleton, cfg, spaces, env))
     except _DAMAGED as e:
-        raise DamagedModelError(f"cannot load the model {path}: damaged or not a {cls.__name__} zip "
-                                f"({type(e).__name__}: {e})") from None
+        raise _damaged(path, cls, e) from None
 
 
 def actor_network(model: BaseAlgorithm) -> Any:

@@ -15,8 +15,10 @@ so they reach every logger output (stdout, ``metrics.jsonl``, W&B). Stable keys:
 
 from __future__ import annotations
 
-import pickle
+import base64
+import json
 import random
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +172,15 @@ class EpisodeMetricsCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
 
 
-# ---- checkpoints with RNG state --------------------------------------------------------------
+# ---- checkpoints with RNG state (plain JSON: a run folder is data, never code) ---------------
+
+
+#: the model's buffers the state file holds
+EPISODE_BUFFERS = ("ep_info_buffer", "ep_success_buffer")
+#: key of the RNG file: digest of the train split the saved example order indexes into
+TRAIN_EXAMPLES = "train_examples"
+#: numpy dtype kinds a state file may hold: bool, signed and unsigned ints, floats
+_KINDS = frozenset("biuf")
 
 
 def capture_rng(engine: LockstepEngine) -> dict[str, Any]:
@@ -193,22 +203,99 @@ def restore_rng(state: dict[str, Any], engine: LockstepEngine) -> None:
     engine.load_sampler_state(state["engine_sampler"])
 
 
-#: key of the RNG file: digest of the train split the saved example order indexes into
-TRAIN_EXAMPLES = "train_examples"
+def capture_buffers(model: Any) -> dict[str, Any]:
+    """The episode-info buffers (``rollout/ep_rew_mean`` ...): SB3 pickles them into the zip, which
+    :func:`polar_rl.agents.algorithms.load_algorithm` never unpickles, so the state file keeps them."""
+    return {key: list(getattr(model, key) or ()) for key in EPISODE_BUFFERS}
+
+
+def restore_buffers(state: dict[str, Any], model: Any) -> None:
+    """Put :func:`capture_buffers`' lists back (ValueError when they are not episode records)."""
+    infos, successes = state.get(EPISODE_BUFFERS[0]) or [], state.get(EPISODE_BUFFERS[1]) or []
+    if not all(isinstance(i, dict) and {"r", "l"} <= set(i) for i in infos) or not isinstance(successes, list):
+        raise ValueError("the episode buffers of the state file are not lists of episode records")
+    model.ep_info_buffer = deque(infos, maxlen=model._stats_window_size)
+    model.ep_success_buffer = deque(successes, maxlen=model._stats_window_size)
+
+
+def state_to_json(value: Any) -> Any:
+    """Plain JSON for RNG states and buffers. Tuples, numpy arrays and scalars and tensors are tagged
+    (``{"$tuple": [...]}``, ``{"$ndarray": [...], "dtype": "<u4", "shape": [624]}``, ...) so that
+    :func:`state_from_json` gives them back exactly, with their types."""
+    if isinstance(value, torch.Tensor):
+        arr = value.detach().cpu().numpy()
+        return {"$tensor": base64.b64encode(arr.tobytes()).decode(), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    if isinstance(value, np.ndarray):
+        return {"$ndarray": value.tolist(), "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return {"$scalar": value.item(), "dtype": value.dtype.str}
+    if isinstance(value, tuple):
+        return {"$tuple": [state_to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [state_to_json(v) for v in value]
+    if isinstance(value, dict):
+        if any(not isinstance(k, str) or k.startswith("$") for k in value):
+            raise TypeError(f"state keys must be strings not starting with '$': {sorted(map(str, value))[:5]}")
+        return {k: state_to_json(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint state file")
+
+
+def _dtype(name: Any) -> np.dtype:
+    dtype = np.dtype(str(name))
+    if dtype.kind not in _KINDS:
+        raise ValueError(f"dtype {str(name)[:40]!r} is not a bool, int or float dtype")
+    return dtype
+
+
+def state_from_json(value: Any) -> Any:
+    """The inverse of :func:`state_to_json`; ValueError / TypeError / KeyError on anything else."""
+    if isinstance(value, list):
+        return [state_from_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tags = [k for k in value if k.startswith("$")]
+    if not tags:
+        return {k: state_from_json(v) for k, v in value.items()}
+    tag = tags[0]
+    if tag == "$tuple":
+        return tuple(state_from_json(v) for v in value[tag])
+    if tag not in ("$scalar", "$ndarray", "$tensor"):
+        raise ValueError(f"unknown tag {tag[:40]!r}")
+    dtype = _dtype(value["dtype"])
+    if tag == "$scalar":
+        return dtype.type(value[tag])
+    if tag == "$ndarray":
+        return np.array(value[tag], dtype=dtype).reshape(value["shape"])
+    raw = base64.b64decode(str(value[tag]), validate=True)
+    return torch.from_numpy(np.frombuffer(raw, dtype=dtype).reshape(value["shape"]).copy())
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint state file (JSON, atomically)."""
+    with atomic_open(path) as f:
+        json.dump(state_to_json(state), f)
+        f.write("\n")
 
 
 def load_rng(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return pickle.load(f)  # noqa: S301 - our own checkpoint file
+    """A checkpoint state file as written by :func:`save_state`. It is parsed as JSON and decoded as
+    data only; a file that is not one is a ValueError (or TypeError / KeyError) naming nothing run."""
+    state = state_from_json(json.loads(path.read_bytes()))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path.name} holds a {type(state).__name__}, not a mapping")
+    return state
 
 
 class CheckpointWithRngCallback(BaseCallback):
     """Every ``save_freq`` env steps, after the policy update: model zip + RNG states.
 
     Files follow SB3's ``CheckpointCallback`` names (``rl_model_<steps>_steps.zip``) and add
-    ``rl_model_rng_<steps>_steps.pkl``. Both are written atomically and fsynced, zip first, so the
-    RNG file marks a complete checkpoint. Saving at rollout start means the saved policy includes the last
-    update and a resume restarts cleanly at a rollout boundary.
+    ``rl_model_rng_<steps>_steps.json`` (RNG states and episode buffers, plain JSON). Both are written
+    atomically and fsynced, zip first, so the RNG file marks a complete checkpoint. Saving at rollout
+    start means the saved policy includes the last update and a resume restarts cleanly at a rollout
+    boundary.
     """
 
     def __init__(self, run_dir: Path, save_freq: int, engine: LockstepEngine, verbose: int = 0) -> None:
@@ -237,8 +324,8 @@ class CheckpointWithRngCallback(BaseCallback):
         save_model_atomic(self.model, zip_path)
         if self._digest is None:  # what the sampler's order indexes into: a resume checks it is unchanged
             self._digest = examples_digest(self.engine.task.examples)  # type: ignore[arg-type]
-        with atomic_open(rng_path, "wb") as f:
-            pickle.dump({**capture_rng(self.engine), TRAIN_EXAMPLES: self._digest}, f)
+        state = {**capture_rng(self.engine), **capture_buffers(self.model), TRAIN_EXAMPLES: self._digest}
+        save_state(rng_path, state)
         self.saved.append(self.num_timesteps)
         if self.verbose:
             print(f"checkpoint {zip_path}")

@@ -6,7 +6,7 @@ A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``
     command.txt        the command line(s) that made it (one line per start or resume)
     git.txt            commit hash and dirty flag of the code, or "unknown"
     seed.txt           the seed
-    checkpoints/       rl_model_<steps>_steps.zip + rl_model_rng_<steps>_steps.pkl (RNG states)
+    checkpoints/       rl_model_<steps>_steps.zip + rl_model_rng_<steps>_steps.json (RNG states, JSON)
     metrics.jsonl      one JSON line per SB3 log dump (rollout summaries and evaluations)
     best_model.zip     best policy on ``training.best_metric`` (best_model.json: its score and step)
     model.zip          final policy
@@ -96,11 +96,14 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held while one process writes it (``fcntl.flock``, released
-    by the kernel when the process dies, so a killed run never leaves a stale lock)."""
+    """An exclusive lock on a run folder (or a sweep folder), held while one process writes it
+    (``fcntl.flock``, released by the kernel when the process dies, so a killed run never leaves a
+    stale lock). ``what`` and ``action`` word the refusal for the command that asks: ``"sweep folder"``,
+    ``"resuming the sweep"``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, action: str = "trying again", what: str = "run folder") -> None:
         self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK_FILE
+        self.action, self.what = action, what
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -112,12 +115,29 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(f"run folder {self.run_dir} is in use by another process (pid {holder}); "
-                              f"wait for it to finish or stop it before resuming") from None
+            raise ConfigError(f"{self.what} {self.run_dir} is in use by another process (pid {holder}); "
+                              f"wait for it to finish or stop it before {self.action}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def holder(self) -> str | None:
+        """The pid (as written in the lock file, or ``"unknown"``) of the process holding the lock now;
+        None when it is free. Probes with a non-blocking flock released at once; creates nothing."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)  # releases the probe's flock, if it got one
+        return None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -200,34 +220,56 @@ def write_jsonl_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> P
 
 
 def checkpoint_paths(run_dir: Path, steps: int) -> tuple[Path, Path]:
-    """(model zip, RNG-state pickle) of the checkpoint at ``steps`` env steps."""
+    """(model zip, RNG-state JSON file) of the checkpoint at ``steps`` env steps."""
     folder = run_dir / "checkpoints"
     return (
         folder / f"{CHECKPOINT_PREFIX}_{steps}_steps.zip",
-        folder / f"{CHECKPOINT_PREFIX}_rng_{steps}_steps.pkl",
+        folder / f"{CHECKPOINT_PREFIX}_rng_{steps}_steps.json",
     )
+
+
+def legacy_rng_path(run_dir: Path, steps: int) -> Path:
+    """The pickled RNG file older versions wrote: never unpickled (a pickle can run any code)."""
+    return run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}_rng_{steps}_steps.pkl"
+
+
+def _checkpoint_zips(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
 
 
 def list_checkpoints(run_dir: Path) -> list[int]:
     """Steps of the complete checkpoints (zip and RNG file both present), ascending."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    steps = []
-    for p in folder.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m and checkpoint_paths(run_dir, int(m.group(1)))[1].is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+    return [s for s in _checkpoint_zips(run_dir) if checkpoint_paths(run_dir, s)[1].is_file()]
+
+
+def legacy_checkpoints(run_dir: Path) -> list[Path]:
+    """The legacy ``.pkl`` RNG files of checkpoints that have no JSON one: such a checkpoint counts as
+    one without RNG state (incomplete), and its pickle is never loaded."""
+    return [legacy_rng_path(run_dir, s) for s in _checkpoint_zips(run_dir)
+            if legacy_rng_path(run_dir, s).is_file() and not checkpoint_paths(run_dir, s)[1].is_file()]
+
+
+def legacy_note(run_dir: Path) -> str:
+    """One clause naming the legacy RNG pickles of ``run_dir`` (empty when there are none)."""
+    names = [p.name for p in legacy_checkpoints(run_dir)]
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{shown}: legacy pickled RNG state, never loaded (a pickle can run code); "
+            f"{'that checkpoint counts' if len(names) == 1 else 'those checkpoints count'} as without RNG state")
 
 
 def latest_checkpoint(run_dir: Path) -> int:
     """Steps of the newest complete checkpoint; ConfigError naming the folder when there is none."""
     steps = list_checkpoints(run_dir)
     if not steps:
+        note = legacy_note(run_dir)
         raise ConfigError(
             f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} "
-            f"(expected {CHECKPOINT_PREFIX}_<steps>_steps.zip with its RNG file)"
+            f"(expected {CHECKPOINT_PREFIX}_<steps>_steps.zip with its RNG file)" + (f"; {note}" if note else "")
         )
     return steps[-1]
 

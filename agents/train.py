@@ -17,7 +17,6 @@ seed before training starts, checkpoints and ``metrics.jsonl`` while it runs, an
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from polar_rl.agents.callbacks import (
     EpisodeMetricsCallback,
     ProgramEvalCallback,
     load_rng,
+    restore_buffers,
     restore_rng,
     save_model_atomic,
 )
@@ -58,6 +58,7 @@ from polar_rl.agents.run_dir import (
     checkpoint_paths,
     create_run_dir,
     latest_checkpoint,
+    legacy_note,
     list_checkpoints,
     read_metrics,
     run_name,
@@ -72,9 +73,9 @@ from polar_rl.envs.vec_env import LayerProgramVecEnv
 from polar_rl.fileio import write_text_atomic
 
 RESUMABLE_SECTIONS = ("training.", "tracking.")
-#: what loading a damaged checkpoint raises (truncated zip, garbage RNG pickle, wrong contents)
+#: what loading a damaged checkpoint raises (truncated zip, garbage RNG file, wrong contents)
 DAMAGED = (DamagedModelError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
-           IndexError, pickle.UnpicklingError)
+           IndexError)
 
 
 def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | None = None) -> Path:
@@ -135,7 +136,7 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
             best = float("-inf")
         else:
             run_dir = Path(resume)
-            lock = RunLock(run_dir).acquire()  # one writer: a second --resume of this folder stops here
+            lock = RunLock(run_dir, action="resuming it").acquire()  # one writer: a second --resume stops here
             model, steps = load_resumable(run_dir, cfg, env, venv)
             append_command(run_dir, argv)
             save_resumed_config(cfg, run_dir, steps)
@@ -155,10 +156,13 @@ def main(cfg: Config, resume: str | Path | None = None, argv: Sequence[str] | No
 
 def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEnv) -> tuple[Any, int]:
     """The model of the newest checkpoint that loads (zip and RNG states), with the RNG states restored.
-    A damaged checkpoint (truncated zip, garbage RNG file) is skipped with a warning naming it;
+    A damaged checkpoint (truncated zip, garbage RNG file) is skipped with a warning naming it, and
+    one with only a legacy pickled RNG file counts as one without RNG state (named, never unpickled);
     ConfigError when none is intact."""
     from polar_rl.agents.baselines import examples_digest
 
+    if note := legacy_note(run_dir):
+        print(f"warning: {note}")
     problems = []
     digest = examples_digest(venv.engine.task.examples)  # type: ignore[arg-type]
     for steps in reversed(list_checkpoints(run_dir)):
@@ -173,9 +177,10 @@ def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEn
                     f"cannot resume {run_dir}: the train split of task {cfg.task.name!r} changed since the run "
                     f"started ({len(venv.engine.task)} examples now, digest {digest} vs {state[TRAIN_EXAMPLES]}); "
                     f"resumed training would not be the same run, start a new one")
-            model = load_algorithm(cfg.agent.algo, zip_path, env=env)
+            model = load_algorithm(cfg, zip_path, venv.engine.lm, env=env)
             venv._reset_seeds()  # .load() seeded the env again; the restored RNG state takes over
             restore_rng(state, venv.engine)
+            restore_buffers(state, model)
         except ConfigError as e:
             if not isinstance(e, DamagedModelError):
                 raise
@@ -264,7 +269,7 @@ def final_evaluation(lm: Any, cfg: Config, model: Any, task: Any, run_dir: Path)
     policy = model
     if best.is_file():
         try:
-            policy = load_algorithm(cfg.agent.algo, best)
+            policy = load_algorithm(cfg, best, lm)
         except DamagedModelError as e:  # never lose a finished run to a damaged side file
             print(f"warning: {e}; evaluating the final model instead")
             best = run_dir / "model.zip"

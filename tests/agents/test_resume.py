@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from sb3_contrib import MaskablePPO
 
+from polar_rl.agents.callbacks import load_rng
 from polar_rl.agents.run_dir import checkpoint_paths, list_checkpoints
 from tests.agents.helpers import POLAR_RL, REPO, cli_env, run_dirs, run_polar_rl
 
@@ -48,7 +48,7 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path: Path) -> None:
     before = list_checkpoints(run)
     assert before and before[0] == 64
     assert not (run / "eval.json").exists()
-    state = pickle.loads(checkpoint_paths(run, 64)[1].read_bytes())
+    state = load_rng(checkpoint_paths(run, 64)[1])  # plain JSON, never a pickle
     assert {"python", "numpy", "torch", "engine_sampler"} <= set(state)
 
     resumed = run_polar_rl(["train", "--resume", run, "--training.progress_bar", "false"], timeout=600)

@@ -45,7 +45,7 @@ def test_run_folder_says_how_it_was_made(smoke_run: Path) -> None:
     git = (smoke_run / "git.txt").read_text()
     assert git.startswith("commit ") or git.strip() == "unknown"
     assert sorted(p.name for p in (smoke_run / "checkpoints").iterdir()) == [
-        "rl_model_64_steps.zip", "rl_model_rng_64_steps.pkl"]
+        "rl_model_64_steps.zip", "rl_model_rng_64_steps.json"]
     assert not [p for p in smoke_run.rglob(".*.tmp")]
 
 

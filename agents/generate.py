@@ -4,7 +4,9 @@
     polar-rl generate --export DIR --prompt "..." --max-new-tokens 64 --backend torchscript
 
 Prints the generated text, the program (one character a block: ``x`` execute, ``-`` skip, the run
-count for a loop) and its compute fraction. Uses no stable_baselines3, gymnasium or wandb.
+count for a loop) and its compute fraction. An empty prompt, or a prompt + ``--max-new-tokens``
+longer than the model's positions, fails at once (exit 2, both numbers named), before any layer
+runs. Uses no stable_baselines3, gymnasium or wandb.
 """
 
 from __future__ import annotations

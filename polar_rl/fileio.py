@@ -1,4 +1,8 @@
-"""Atomic file writes: a half-written file never looks complete."""
+"""Atomic file writes: a half-written file never looks complete.
+
+Files and folders put in place here get the permissions the user's umask gives a new file or folder
+(0644 / 0755 under umask 022), never the 0600 / 0700 of ``tempfile``'s private temporaries.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +27,34 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` sets it,
+    which would briefly give other threads' new files the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def temp_folder(target: str | Path) -> Path:
+    """A new, private, uniquely named folder beside ``target`` to build it in (for :func:`replace_folder`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -54,16 +79,23 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def replace_folder(tmp: str | Path, target: str | Path) -> None:
     """Put the finished folder ``tmp`` at ``target`` by rename: a half-written folder never looks
-    complete. An old ``target`` is renamed aside first and removed after, never deleted in place; if
-    another process moved it away meanwhile, that is fine. Raises OSError if the final rename fails."""
+    complete. ``tmp`` gets the umask's folder mode first (``mkdtemp`` makes it 0700). An old ``target``
+    is renamed aside and removed only after the new one is in place; if the final rename fails it is
+    put back and the OSError raised. Another process moving the old one away meanwhile is fine."""
     tmp, target = Path(tmp), Path(target)
-    old = None
+    os.chmod(tmp, 0o777 & ~umask())
+    aside = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         with suppress(FileNotFoundError):
-            target.rename(old / target.name)
+            target.rename(aside / target.name)
     try:
         tmp.rename(target)
+    except BaseException:
+        if aside is not None and (aside / target.name).exists() and not target.exists():
+            (aside / target.name).rename(target)
+        raise
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(target.parent)

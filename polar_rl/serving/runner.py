@@ -9,7 +9,9 @@ The prompt runs block by block; before each block the policy sees the same featu
 environment computes (:func:`polar_rl.observation.featurize`) and acts under the same masks
 (:class:`polar_rl.masks.MaskRules`), greedily: one policy call per block for the whole batch.
 Decoding then uses the core's cached generation (one KV slot per executed layer call) under each
-row's program. Imports no stable_baselines3, gymnasium or wandb.
+row's program. Inputs are checked before any layer runs: an empty prompt, an all-padding row, or a
+prompt (+ new tokens) longer than the model's positions is one ServingError / InputTooLongError
+naming the row and the numbers. Imports no stable_baselines3, gymnasium or wandb.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.models.program_cache import ProgramCache
 from polar_rl.observation import featurize, logit_lens
 from polar_rl.program import Action, Program, check_block_size
-from polar_rl.serving.manifest import ServingError, mask_rules, observation_spec, read_manifest
+from polar_rl.serving.manifest import (
+    ServingError,
+    check_manifest,
+    mask_rules,
+    observation_spec,
+    read_manifest,
+)
 from polar_rl.serving.policy import PolicyBackend, load_policy
-from polar_rl.tasks.examples import MCExample
-from polar_rl.tasks.multiple_choice import choice_scores, pack_questions, packed_inputs
+from polar_rl.tasks.examples import MCExample, TaskError
+from polar_rl.tasks.multiple_choice import choice_scores, pack_questions, packed_inputs, tokenize_question
 
 _KV = list[tuple[torch.Tensor, torch.Tensor]]  # one row's (keys, values) per layer call, each (1, kv_heads, T, d)
 
@@ -72,6 +80,7 @@ class PolarRunner:
     def __init__(self, lm: LayerModel, manifest: dict[str, Any], policy: PolicyBackend,
                  export_dir: Path | None = None) -> None:
         self.lm, self.manifest, self.policy, self.export_dir = lm, manifest, policy, export_dir
+        check_manifest(manifest)
         self.obs_spec = observation_spec(manifest)
         self.rules: MaskRules = mask_rules(manifest)
         self.block_size, self.loop_runs = self.rules.block_size, self.rules.loop_runs
@@ -92,10 +101,11 @@ class PolarRunner:
             from polar_rl.models.loading import load_model
 
             spec = manifest["model"]
+            where = spec.get("spec") or spec["name"]  # exports before "spec" name the model only
             try:
-                model = load_model(spec["name"], device=device, dtype=dtype or spec.get("dtype") or "float32")
+                model = load_model(where, device=device, dtype=dtype or spec.get("dtype") or "float32")
             except ValueError as e:
-                raise ServingError(f"cannot load the export's model {spec['name']!r}: {e}") from None
+                raise ServingError(f"cannot load the export's model {where!r}: {e}") from None
         check_model(model, manifest, allow_model_mismatch)
         return cls(model, manifest, policy, export_dir)
 
@@ -103,8 +113,32 @@ class PolarRunner:
     @torch.inference_mode()
     def program_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[Program]:
         """(B, T) prompts (left or right padded with ``attention_mask``) -> one Program per row."""
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = self._check_prompts(input_ids, attention_mask)
         return self._prefill(input_ids, mask, keep_kv=False)[0]
+
+    def _check_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       max_new_tokens: int = 0) -> torch.Tensor:
+        """The (B, T) 0/1 mask of checked prompts: ServingError for a malformed batch or a row without
+        tokens, InputTooLongError (naming both numbers) for a row whose prompt + new tokens exceed the
+        model's positions; nothing has run yet."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ServingError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ServingError(f"input_ids must be (batch, tokens) with at least one token, got shape "
+                               f"{tuple(input_ids.shape)} (an empty prompt?)")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if mask.shape != input_ids.shape or ((mask != 0) & (mask != 1)).any():
+            raise ServingError(f"attention_mask must be 0/1 of the input_ids' shape {tuple(input_ids.shape)}, got "
+                               f"shape {tuple(mask.shape)}")
+        counts = mask.long().sum(1).tolist()
+        if 0 in counts:
+            raise ServingError(f"row {counts.index(0)} of the batch is all padding (its attention_mask has no 1): "
+                               f"no prompt to run")
+        row = int(np.argmax(counts))
+        what = (f"row {row}: " if len(counts) > 1 else "") + f"prompt ({counts[row]:,} tokens)"
+        self.lm.check_length(counts[row] + max_new_tokens,
+                             f"{what} + max_new_tokens {max_new_tokens:,}" if max_new_tokens else what)
+        return mask
 
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor,
                  keep_kv: bool = True) -> tuple[list[Program], torch.Tensor, list[_KV]]:
@@ -193,7 +227,7 @@ class PolarRunner:
         with the core's cached ``LayerModel.generate`` under it, continuing from that prefill (its keys
         and values fill the per-slot cache; the prompt is not run twice). Rows sharing a program decode
         as one batch."""
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = self._check_prompts(input_ids, attention_mask, max_new_tokens)
         programs, first, kv = self._prefill(input_ids, mask)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(programs):
@@ -217,7 +251,10 @@ class PolarRunner:
     def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, Program]:
         """One prompt (encoded without special tokens, as the environment encodes contexts) -> (new text, program)."""
         tok = self.lm.tokenizer
-        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        encoded = tok(prompt, add_special_tokens=False)["input_ids"]
+        if not encoded:
+            raise ServingError(f"the prompt {prompt[:40]!r} encodes to no tokens; give a non-empty prompt")
+        ids = torch.tensor([encoded], dtype=torch.long)
         out = self.generate(ids, max_new_tokens, eos_token_id=getattr(tok, "eos_token_id", None))
         return tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True), out.programs[0]
 
@@ -225,7 +262,14 @@ class PolarRunner:
     def score_choices(self, context: str, choices: list[str] | tuple[str, ...]) -> ChoiceResult:
         """Multiple choice as the evaluation scores it: the context and choices packed in one row,
         the program decided on the context, each choice's summed continuation log-prob under it."""
-        example = MCExample(id="serving", context=context, choices=tuple(choices), gold=0)
+        try:
+            example = MCExample(id="serving", context=context, choices=tuple(choices), gold=0)
+        except TaskError as e:
+            raise ServingError(str(e)) from None
+        tq = tokenize_question(self.lm.tokenizer, example)
+        longest = max(len(c) for c in tq.choices)
+        self.lm.check_length(len(tq.context) + longest,
+                             f"context ({len(tq.context):,} tokens) + longest choice ({longest:,} tokens)")
         batch = pack_questions(self.lm.tokenizer, [example], self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
         t = torch.arange(batch.input_ids.shape[1], device=hidden.device)

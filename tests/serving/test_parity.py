@@ -68,7 +68,7 @@ def test_onnx_has_a_dynamic_batch_and_one_file(export_dir: Path) -> None:
 def test_manifest_describes_the_run(export_dir: Path, lm: LayerModel, cfg: EnvConfig) -> None:
     m = json.loads((export_dir / "manifest.json").read_text())
     assert m["format_version"] == 1 and m["actions"] == ["SKIP", "EXECUTE", "LOOP"]
-    assert m["model"] == {"name": "tiny-llama", "hash": "tinyhash", "num_layers": 4, "hidden_size": 16,
+    assert m["model"] == {"name": "tiny-llama", "spec": "tiny-llama", "hash": "tinyhash", "num_layers": 4, "hidden_size": 16,
                           "model_type": "llama", "dtype": "float32"}
     assert m["program"] == {"block_size": 1, "loop_runs": 2, "num_blocks": 4}
     names = [row[0] for row in m["observation"]["layout"]]

@@ -23,14 +23,7 @@ import numpy as np
 from polar_rl.agents.algorithms import actor_network, load_algorithm
 from polar_rl.agents.baselines import StaticBaselines, load_or_search
 from polar_rl.agents.reference_store import ProgramResultStore, program_store, reference_store
-from polar_rl.agents.run_dir import (
-    EVAL_FILE,
-    RunLock,
-    check_writable,
-    slug,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from polar_rl.agents.run_dir import RunLock, check_writable, slug
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
@@ -432,8 +425,8 @@ def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run
                         show_progress: bool = True, skip_threshold: float | None = None, curves: bool = False,
                         records_file: str, result_file: str, command: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Baselines (cached search), every method on ``task``, then records, report.md, plots and the result
-    file (written last, atomically)."""
-    from polar_rl.agents.report import write_report
+    file, written as one set (:func:`polar_rl.agents.report.write_evaluation`)."""
+    from polar_rl.agents.report import eval_files, write_evaluation
 
     baselines = None
     if cfg.baselines.families:
@@ -451,11 +444,18 @@ def evaluate_and_report(lm: LayerModel, cfg: Config, model: Any, task: Task, run
         store.save_seconds(result["methods"]["full"]["seconds_per_example"])
     result.update(extra)
     result["command"] = command
-    write_jsonl_atomic(run_dir / records_file, records)
-    suffix = "" if result_file == EVAL_FILE else result_file.removeprefix("eval").removesuffix(".json")
-    write_report(run_dir, result, records, suffix=suffix)
-    write_json_atomic(run_dir / result_file, result)
+    write_evaluation(eval_files(run_dir, result_file, records_file), result, records)
     return result
+
+
+def warn_incomplete(run_dir: Path, stem: str) -> None:
+    """Say so when the evaluation this one replaces left an incomplete set (a kill or a full disk
+    before this project wrote sets as one)."""
+    from polar_rl.agents.report import check_evaluation, eval_files
+
+    problem = check_evaluation(eval_files(run_dir, f"{stem}.json"))
+    if problem is not None:
+        print(f"warning: {problem}; this evaluation replaces it")
 
 
 def main(run_dir: str | Path, split: str = "test", limit: int | None = None, checkpoint: str = "auto",
@@ -466,13 +466,16 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
     import shlex
     import sys
 
+    from polar_rl.agents.report import recover_evaluations
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     check_writable(run_dir, "run folder")  # results go there: fail before the work, not after
     # a run still training (or another evaluate) writes this folder: refuse at once, never interleave
-    lock = RunLock(run_dir).acquire()
+    lock = RunLock(run_dir, action="evaluating it").acquire()
     try:
+        recover_evaluations(run_dir)  # a killed evaluation's leftovers: its predecessor comes back
         cfg = load_config(run_dir / "config.yaml")
         if limit is None:
             limit = {cfg.task.test_split: cfg.task.test_limit, cfg.task.eval_split: cfg.task.eval_limit}.get(split)
@@ -481,8 +484,9 @@ def main(run_dir: str | Path, split: str = "test", limit: int | None = None, che
         eval_cfg = cfg.replace(task=cfg.task.replace(name=task_name)) if transfer else cfg
         task = load_split(eval_cfg, split, limit)  # type: ignore[arg-type]
         stem = f"eval_{slug(task.name)}_{split}" if transfer else f"eval_{split}"
-        model = load_algorithm(cfg.agent.algo, path)  # a damaged zip: one error, before the model loads
+        warn_incomplete(run_dir, stem)
         lm = load_lm(cfg)
+        model = load_algorithm(cfg, path, lm)  # a damaged or foreign zip: one error; never unpickled
         tau = threshold_for_target(lm, cfg, model, cfg.training.target_compute if target_compute is None else target_compute)
         result = evaluate_and_report(
             lm, cfg, model, task, run_dir, show_progress=show_progress, skip_threshold=tau, curves=curves,

@@ -13,19 +13,25 @@ static programs at the policy's compute) and writes, in the sweep folder:
   per-question router over the same static programs (``oracle``: right when some program of no more
   compute is right);
 - ``report.md``: the same as a table.
+
+A finished trial whose run folder or ``eval.json`` is missing or unreadable is named on stderr and
+in both files (``missing``), never dropped silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from polar_rl.agents.report import check_evaluation, eval_files
 from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic
-from polar_rl.config import ConfigError
+from polar_rl.agents.sweep import read_state, run_path
+from polar_rl.config import ConfigError, shorten
 from polar_rl.fileio import atomic_open
 
 POLICY_ROWS = ("full", "policy", "policy_static")
@@ -58,21 +64,43 @@ def non_dominated(points: list[dict[str, Any]]) -> list[bool]:
     return flags
 
 
+def read_result(sweep_dir: Path, trial: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """A finished trial's ``eval.json``, or None and why it cannot be read (folder or file missing,
+    not JSON, not an evaluation)."""
+    run = run_path(sweep_dir, trial["run_dir"])
+    if not run.is_dir():
+        return None, f"its run folder {run} is missing"
+    eval_file = run / EVAL_FILE
+    if not eval_file.is_file():
+        return None, f"{eval_file} is missing"
+    problem = check_evaluation(eval_files(run))
+    if problem is not None:
+        return None, problem
+    try:
+        result = json.loads(eval_file.read_text(encoding="utf-8"))
+        methods = result["methods"]
+        if not {"full", "policy"} <= set(methods):
+            raise KeyError("methods full and policy")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        return None, f"{eval_file} is unreadable ({shorten(str(e), 80)})"
+    return result, None
+
+
 def collect(sweep_dir: Path) -> dict[str, Any]:
-    """The frontier's data from the sweep's finished trials."""
-    state_file = sweep_dir / "sweep.json"
-    if not state_file.is_file():
-        raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.json)")
-    state = json.loads(state_file.read_text())
+    """The frontier's data from the sweep's finished trials; ``missing``: the finished ones left out."""
+    state = read_state(sweep_dir)
     points: list[dict[str, Any]] = []
     statics: dict[str, dict[str, Any]] = {}
     full: dict[str, Any] | None = None
     header: dict[str, Any] = {}
-    for trial in state["trials"]:
-        eval_file = Path(trial["run_dir"]) / EVAL_FILE
-        if trial["state"] != "finished" or not eval_file.is_file():
+    missing: list[dict[str, str]] = []
+    used: list[dict[str, Any]] = []
+    for trial in (t for t in state["trials"] if t["state"] == "finished"):
+        result, problem = read_result(sweep_dir, trial)
+        if result is None:
+            missing.append({"trial": trial["name"], "run_dir": trial["run_dir"], "problem": str(problem)})
             continue
-        result = json.loads(eval_file.read_text())
+        used.append(trial)
         key = (result["task"], result["split"], result["n"], result["model_hash"])
         if header and key != header["key"]:
             raise ConfigError(f"{trial['name']} was evaluated on {key}, the others on {header['key']}: "
@@ -99,13 +127,12 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
         })
     for p, flag in zip(points, non_dominated(points), strict=True):
         p["non_dominated"] = flag
-    finished = [t for t in state["trials"] if t["state"] == "finished"]
     return {"sweep": str(sweep_dir), "task": header.get("task"), "split": header.get("split"),
             "n": header.get("n"), "model": header.get("model"), "full": full,
             "points": sorted(points, key=lambda p: p["compute_fraction"]),
             "static": dict(sorted(statics.items(), key=lambda kv: (kv[0].rsplit("_", 1)[0], kv[1]["compute_fraction"]))),
-            "oracle": oracle_curve(sweep_dir, finished, list(statics)),
-            "trials": len(state["trials"]), "finished": len(points)}
+            "oracle": oracle_curve(sweep_dir, used, list(statics)),
+            "trials": len(state["trials"]), "finished": len(points), "missing": missing}
 
 
 def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], static_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -116,7 +143,7 @@ def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], static_names: Se
     correct: dict[str, dict[str, bool]] = {}
     compute: dict[str, float] = {}
     for trial in trials:
-        path = Path(trial["run_dir"]) / "eval_records.jsonl"
+        path = run_path(sweep_dir, trial["run_dir"]) / "eval_records.jsonl"
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
@@ -184,7 +211,8 @@ def plot_frontier(data: dict[str, Any], path: Path) -> None:
                         color="tab:red")
     ax.set_xlabel("compute fraction (layer calls / layers)")
     ax.set_ylabel(f"accuracy on {data['task']} / {data['split']} (n={data['n']}), 95 % CI")
-    ax.set_title(f"{data['model']}: sweep frontier ({data['finished']} of {data['trials']} trials finished)")
+    left_out = f", {len(data['missing'])} left out: see report.md" if data.get("missing") else ""
+    ax.set_title(f"{data['model']}: sweep frontier ({data['finished']} of {data['trials']} trials finished{left_out})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     with atomic_open(path, "wb") as fh:
@@ -208,6 +236,9 @@ def report_table(data: dict[str, Any]) -> str:
         lines.append(f"| {p['trial']}{' *' if p['non_dominated'] else ''} | {_label(p)} | {p['accuracy']:.3f} "
                      f"[{lo:.3f}, {hi:.3f}] | {p['compute_fraction']:.3f} | {flops} | {p['delta_vs_full']:+.3f} "
                      f"({p['p_vs_full']:.3g}) | {static} | {vs} |")
+    if data.get("missing"):
+        lines += ["", "Finished trials left out (not on the frontier): " + "; ".join(
+            f"{m['trial']}: {m['problem']}" for m in data["missing"])]
     if data.get("oracle"):
         lines += ["", "Ceiling of a per-question router over these static programs (a question is right when any "
                   "program of compute <= c gets it right): " + ", ".join(
@@ -224,13 +255,22 @@ def write_frontier(sweep_dir: str | Path) -> dict[str, Any]:
     """Write ``frontier.json``, ``frontier.png`` and ``report.md`` into the sweep folder."""
     sweep_dir = Path(sweep_dir)
     data = collect(sweep_dir)
+    missing = data["missing"]
+    if not data["points"] and missing:
+        named = "; ".join(f"{m['trial']}: {m['problem']}" for m in missing[:3])
+        more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(f"{sweep_dir}: none of its {len(missing)} finished trials can be read ({named}{more}); "
+                          f"nothing to plot")
     if not data["points"]:
         raise ConfigError(f"{sweep_dir}: no finished trial with an {EVAL_FILE} yet; nothing to plot")
+    for m in data["missing"]:
+        print(f"[pareto] {m['trial']} (finished) left out: {m['problem']}", file=sys.stderr)
     plot_frontier(data, sweep_dir / "frontier.png")
     with atomic_open(sweep_dir / "report.md", "w") as fh:
         fh.write(report_table(data))
     write_json_atomic(sweep_dir / "frontier.json", data)
-    print(f"[pareto] {len(data['points'])} points: {sweep_dir / 'frontier.png'}, frontier.json, report.md")
+    left_out = f" ({len(data['missing'])} finished trials left out, named above)" if data["missing"] else ""
+    print(f"[pareto] {len(data['points'])} points: {sweep_dir / 'frontier.png'}, frontier.json, report.md{left_out}")
     return data
 
 

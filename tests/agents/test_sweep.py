@@ -87,7 +87,8 @@ def test_smoke_sweep_runs_offline_resumes_without_rerunning_and_draws_the_fronti
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     state = json.loads((out / "sweep.json").read_text())
     assert [t["state"] for t in state["trials"]] == ["finished"]
-    done = Path(state["trials"][0]["run_dir"]) / "eval.json"
+    assert state["trials"][0]["run_dir"] == "runs/trial-000"  # relative to the sweep folder
+    done = out / state["trials"][0]["run_dir"] / "eval.json"
     stamp = done.stat().st_mtime_ns
 
     again = run_polar_rl(["sweep", "--resume", out], timeout=1800)
@@ -98,7 +99,7 @@ def test_smoke_sweep_runs_offline_resumes_without_rerunning_and_draws_the_fronti
     assert done.stat().st_mtime_ns == stamp  # the finished trial was not rerun
     assert (out / "logs" / "trial-000.log").read_text().count("$ ") == 1
     for t in state["trials"]:  # each trial is a normal run folder of the sweep's group
-        run = Path(t["run_dir"])
+        run = out / t["run_dir"]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         assert cfg["tracking"]["group"] == state["group"] and cfg["env"]["compute_penalty"] == t["params"]["env.compute_penalty"]
         result = json.loads((run / "eval.json").read_text())
@@ -108,7 +109,7 @@ def test_smoke_sweep_runs_offline_resumes_without_rerunning_and_draws_the_fronti
     frontier = json.loads((out / "frontier.json").read_text())
     assert len(frontier["points"]) == 3 and (out / "frontier.png").stat().st_size > 10_000
     for p in frontier["points"]:
-        result = json.loads((Path(p["run_dir"]) / "eval.json").read_text())
+        result = json.loads((out / p["run_dir"] / "eval.json").read_text())
         assert p["accuracy"] == result["methods"]["policy"]["accuracy"]
         assert p["best_static"] is None or p["best_static"]["name"] in result["methods"]
     assert any(p["non_dominated"] for p in frontier["points"])
@@ -135,7 +136,8 @@ def test_frontier_marks_dominated_trials_and_pairs_each_with_its_static_program(
     from polar_rl.agents.pareto import write_frontier
 
     records = {  # per question: full, greedy_3 (0.9), greedy_6 (0.8)
-        "full": [1, 1, 0, 0], "greedy_3": [1, 0, 1, 0], "greedy_6": [0, 1, 0, 0], "bi_3": [0, 0, 0, 0]}
+        "full": [1, 1, 0, 0], "greedy_3": [1, 0, 1, 0], "greedy_6": [0, 1, 0, 0], "bi_3": [0, 0, 0, 0],
+        "policy": [1, 1, 1, 1]}  # (a whole set: the records hold every method of eval.json)
     trials = []
     for name, (acc, compute) in {"trial-000": (0.52, 0.80), "trial-001": (0.50, 0.90)}.items():
         run = tmp_path / "runs" / name

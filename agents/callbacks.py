@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from polar_rl.agents.run_dir import atomic_open, checkpoint_paths, write_json_atomic
+from polar_rl.agents.run_dir import checkpoint_paths
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import rollout, sb3_policy
+from polar_rl.fileio import atomic_open, write_json_atomic
 from polar_rl.metrics import method_summary, score
 
 #: beside best_model.zip: which metric, its value and the step (a resume reads the best so far from it)
@@ -317,7 +318,7 @@ class CheckpointWithRngCallback(BaseCallback):
             self.save()
 
     def save(self) -> Path:
-        from polar_rl.agents.baselines import examples_digest
+        from polar_rl.search.results import examples_digest
 
         zip_path, rng_path = checkpoint_paths(self.run_dir, self.num_timesteps)
         zip_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@
 
 Both methods go through the same engine, scorer and compute accounting (``rollout``,
 ``method_summary``, ``flops_fraction``), so their numbers are comparable. The full model's result
-per example is cached on disk (:mod:`polar_rl.agents.reference_store`). ``train`` calls
+per example is cached on disk (:mod:`polar_rl.search.results`). ``train`` calls
 :func:`evaluate_methods` for its final evaluation.
 """
 
@@ -21,19 +21,22 @@ from typing import Any
 import numpy as np
 
 from polar_rl.agents.algorithms import actor_network, load_algorithm
-from polar_rl.agents.baselines import StaticBaselines, load_or_search
-from polar_rl.agents.reference_store import ProgramResultStore, program_store, reference_store
-from polar_rl.agents.run_dir import RunLock, check_writable, slug
+from polar_rl.agents.baselines import load_or_search
+from polar_rl.agents.run_dir import RunLock, check_writable
 from polar_rl.compute import flops_fraction
 from polar_rl.config import Config, ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
-from polar_rl.envs.engine import LockstepEngine, Reference
+from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import Known, program_actions, rollout, rollout_programs, sb3_policy
+from polar_rl.fileio import slug
 from polar_rl.metrics import mcnemar_exact, method_summary, paired_bootstrap
 from polar_rl.models.adapter import LayerModel
 from polar_rl.program import action_to_runs, runs_string
+from polar_rl.search.families import StaticBaselines
+from polar_rl.search.results import ProgramResultStore, program_store, reference_store
 from polar_rl.tasks.examples import Task
 from polar_rl.tasks.multiple_choice import pack_questions
+from polar_rl.tasks.rewards import Reference
 
 RECORD_KEYS = ("example_id", "correct", "margin", "layer_calls", "compute_fraction", "program", "runs",
                "full_correct", "full_margin", "nonfinite")

@@ -4,14 +4,15 @@ Reads each finished trial's ``eval.json`` (its test evaluation: the policy, the 
 static programs at the policy's compute) and writes, in the sweep folder:
 
 - ``frontier.json``: one point per trial (its swept parameters, test accuracy with 95 % CI, compute
-  and FLOPs fractions, the paired test against the full model, the best static program at the same
-  compute with the paired test against it, and whether the point is non-dominated among the
-  policies), the full model, and the static programs every trial evaluated (the union: each is the
-  same program on the same questions, read from the program cache);
+  and FLOPs fractions, the paired test against the full model, the best static program at its
+  compute (:func:`polar_rl.agents.report.best_static`, the same one report.md's verdict names) with
+  the paired test against it, and whether the point is non-dominated among the policies), the full
+  model, and the static programs every trial evaluated (the union: each is the same program on the
+  same questions, read from the program cache);
 - ``frontier.png``: accuracy vs compute with CI bars, the static families as curves, the full model,
   the policies labelled by their swept values, non-dominated ones ringed, and the ceiling of any
-  per-question router over the same static programs (``oracle``: right when some program of no more
-  compute is right);
+  per-question router over the programs searched on train (``oracle``: right when some program of no
+  more compute is right; :mod:`polar_rl.search.frontier`);
 - ``report.md``: the same as a table.
 
 A finished trial whose run folder or ``eval.json`` is missing or unreadable is named on stderr and
@@ -28,40 +29,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polar_rl.agents.report import check_evaluation, eval_files
-from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic
+from polar_rl.agents.plots import FAMILY_STYLE
+from polar_rl.agents.report import best_static, check_evaluation, eval_files
+from polar_rl.agents.run_dir import EVAL_FILE
 from polar_rl.agents.sweep import read_state, run_path
 from polar_rl.config import ConfigError, shorten
-from polar_rl.fileio import atomic_open
-
-POLICY_ROWS = ("full", "policy", "policy_static")
+from polar_rl.fileio import atomic_open, write_json_atomic
+from polar_rl.search.frontier import Scored, family, non_dominated, router_ceiling
 
 
 def static_rows(methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The static-program rows of an evaluation (not the full model, the policy or its ablation)."""
-    return {n: m for n, m in methods.items() if n not in POLICY_ROWS and not m.get("aggregate")}
-
-
-def best_static_at(methods: dict[str, Any], compute: float) -> tuple[str, dict[str, Any]] | None:
-    """The most accurate static row at the compute nearest ``compute`` (ties: the first by name)."""
-    rows = static_rows(methods)
-    if not rows:
-        return None
-    nearest = min(abs(m["compute_fraction"] - compute) for m in rows.values())
-    at = {n: m for n, m in rows.items() if abs(abs(m["compute_fraction"] - compute) - nearest) < 1e-9}
-    name = max(sorted(at), key=lambda n: at[n]["accuracy"])
-    return name, at[name]
-
-
-def non_dominated(points: list[dict[str, Any]]) -> list[bool]:
-    """For each (accuracy, compute_fraction) point: no other point is at least as accurate at no more
-    compute, and strictly better in one of the two."""
-    flags = []
-    for p in points:
-        flags.append(not any(
-            q is not p and q["accuracy"] >= p["accuracy"] and q["compute_fraction"] <= p["compute_fraction"]
-            and (q["accuracy"] > p["accuracy"] or q["compute_fraction"] < p["compute_fraction"]) for q in points))
-    return flags
+    """The static-program rows of an evaluation: each family's programs, random draws included (not the
+    full model, the policy, its ablation or the random mean)."""
+    return {n: m for n, m in methods.items() if family(n) is not None}
 
 
 def read_result(sweep_dir: Path, trial: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -110,7 +90,7 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
         methods = result["methods"]
         full = full or methods["full"]
         policy = methods["policy"]
-        best = best_static_at(methods, policy["compute_fraction"])
+        best = best_static(methods, policy["compute_fraction"])
         statics.update(static_rows(methods))
         points.append({
             "trial": trial["name"], "params": trial["params"], "run_dir": trial["run_dir"],
@@ -125,21 +105,22 @@ def collect(sweep_dir: Path) -> dict[str, Any]:
                 "p": best[1]["vs_policy"]["mcnemar"]["p_value"]},
             "policy_static": methods.get("policy_static", {}).get("accuracy"),
         })
-    for p, flag in zip(points, non_dominated(points), strict=True):
+    flags = non_dominated([Scored(p["trial"], p["accuracy"], p["compute_fraction"]) for p in points])
+    for p, flag in zip(points, flags, strict=True):
         p["non_dominated"] = flag
     return {"sweep": str(sweep_dir), "task": header.get("task"), "split": header.get("split"),
             "n": header.get("n"), "model": header.get("model"), "full": full,
             "points": sorted(points, key=lambda p: p["compute_fraction"]),
-            "static": dict(sorted(statics.items(), key=lambda kv: (kv[0].rsplit("_", 1)[0], kv[1]["compute_fraction"]))),
-            "oracle": oracle_curve(sweep_dir, used, list(statics)),
+            "static": dict(sorted(statics.items(), key=lambda kv: (family(kv[0]), kv[1]["compute_fraction"]))),
+            "oracle": oracle_curve(sweep_dir, used, statics),
             "trials": len(state["trials"]), "finished": len(points), "missing": missing}
 
 
-def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], static_names: Sequence[str]) -> list[dict[str, Any]]:
-    """The ceiling of any per-question router over the static programs the trials evaluated: at each
-    compute c of a static program, a question counts as right when *some* program of compute <= c gets
-    it right (read from the trials' ``eval_records.jsonl``). A policy above it would need programs
-    outside the set; far below it, the router (not the programs) is what is missing."""
+def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], statics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ceiling of any per-question router over the static programs the trials evaluated
+    (:func:`polar_rl.search.frontier.router_ceiling`, from the trials' ``eval_records.jsonl``; a
+    question's first record counts). A policy above it would need programs outside the set; far below
+    it, the router (not the programs) is what is missing."""
     correct: dict[str, dict[str, bool]] = {}
     compute: dict[str, float] = {}
     for trial in trials:
@@ -148,20 +129,12 @@ def oracle_curve(sweep_dir: Path, trials: list[dict[str, Any]], static_names: Se
             continue
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if r["method"] in static_names and r["method"] not in correct:
-                correct[r["method"]] = {}
-            if r["method"] in correct:
-                correct[r["method"]].setdefault(r["example_id"], bool(r["correct"]))
+            if r["method"] in statics:
+                correct.setdefault(r["method"], {}).setdefault(r["example_id"], bool(r["correct"]))
                 compute[r["method"]] = float(r["compute_fraction"])
-    if not correct:
-        return []
-    questions = set.intersection(*(set(v) for v in correct.values()))
-    curve = []
-    for c in sorted(set(compute.values())):
-        usable = [n for n in correct if compute[n] <= c + 1e-9]
-        right = sum(any(correct[n][q] for n in usable) for q in questions)
-        curve.append({"compute_fraction": c, "accuracy": right / max(1, len(questions)), "programs": len(usable)})
-    return curve
+    programs = [Scored(n, statics[n]["accuracy"], compute[n], c) for n, c in correct.items()]
+    return [{"compute_fraction": p.compute, "accuracy": p.accuracy, "programs": p.programs}
+            for p in router_ceiling(programs)]
 
 
 def _label(point: dict[str, Any]) -> str:
@@ -175,18 +148,17 @@ def plot_frontier(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from polar_rl.agents.plots import _FAMILY_STYLE
-
     fig, ax = plt.subplots(figsize=(8, 5.5))
     families: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for name, m in data["static"].items():
-        families[name.rsplit("_", 1)[0]].append(m)
-    for family, ms in sorted(families.items()):
+        families[family(name) or name].append(m)
+    for fam, ms in sorted(families.items()):
         ms = sorted(ms, key=lambda m: m["compute_fraction"])
-        color, marker = _FAMILY_STYLE.get(family, ("grey", "x"))
+        color, marker = FAMILY_STYLE.get(fam, ("grey", "x"))
         ax.errorbar([m["compute_fraction"] for m in ms], [m["accuracy"] for m in ms],
                     yerr=[[m["accuracy"] - m["accuracy_ci"][0] for m in ms], [m["accuracy_ci"][1] - m["accuracy"] for m in ms]],
-                    color=color, marker=marker, capsize=3, alpha=0.8, label=f"static: {family}_k")
+                    color=color, marker=marker, capsize=3, alpha=0.8, label=f"static: {fam}_k",
+                    linestyle="-" if fam in FAMILY_STYLE else "none")
     if data["full"] is not None:
         f = data["full"]
         ax.errorbar([1.0], [f["accuracy"]], yerr=[[f["accuracy"] - f["accuracy_ci"][0]], [f["accuracy_ci"][1] - f["accuracy"]]],

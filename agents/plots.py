@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from polar_rl.fileio import atomic_open
+from polar_rl.search.frontier import family
 
-_FAMILY_STYLE = {"bi": ("tab:purple", "s"), "skip_rank": ("tab:green", "^"), "greedy": ("tab:blue", "o")}
+#: Colour and marker of each searched family's curve.
+FAMILY_STYLE = {"bi": ("tab:purple", "s"), "skip_rank": ("tab:green", "^"), "greedy": ("tab:blue", "o")}
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -36,18 +38,17 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
 
     families: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for name, m in methods.items():
-        family = name.rsplit("_", 1)[0]
-        if family in _FAMILY_STYLE and not m.get("aggregate"):
-            families[family].append(m)
-    for family, ms in families.items():
-        color, marker = _FAMILY_STYLE[family]
+        if family(name) in FAMILY_STYLE:
+            families[str(family(name))].append(m)
+    for fam, ms in families.items():
+        color, marker = FAMILY_STYLE[fam]
         ms = sorted(ms, key=lambda m: m["compute_fraction"])
         xs, ys = [m["compute_fraction"] for m in ms], [m["accuracy"] for m in ms]
         lo = [m["accuracy"] - m["accuracy_ci"][0] for m in ms]
         hi = [m["accuracy_ci"][1] - m["accuracy"] for m in ms]
         ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker=marker, capsize=3, linestyle="-", alpha=0.85,
-                    label=f"static: {family}_k (searched on {(result.get('baseline_search') or {}).get('split', '?')})")
-    randoms = [m for n, m in methods.items() if n.startswith("random_") and not m.get("aggregate")]
+                    label=f"static: {fam}_k (searched on {(result.get('baseline_search') or {}).get('split', '?')})")
+    randoms = [m for n, m in methods.items() if family(n) == "random"]
     if randoms:
         ax.scatter([m["compute_fraction"] for m in randoms], [m["accuracy"] for m in randoms], color="grey",
                    marker="x", label="static: random_k (one per seed)")

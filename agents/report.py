@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polar_rl.agents.run_dir import EVAL_FILE, write_json_atomic, write_jsonl_atomic
+from polar_rl.agents.run_dir import EVAL_FILE
 from polar_rl.config import ConfigError
-from polar_rl.fileio import replace_folder, write_text_atomic
+from polar_rl.fileio import replace_folder, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from polar_rl.search import frontier
+from polar_rl.search.frontier import Scored, matched_tolerance
 
 _ORDER = ("full", "policy", "policy_static")
 
@@ -41,11 +43,17 @@ def ordered_methods(methods: dict[str, Any]) -> Iterator[tuple[str, dict[str, An
         yield name, methods[name]
 
 
-def best_static(methods: dict[str, Any], compute: float, tol: float = 1e-9) -> tuple[str, dict[str, Any]] | None:
-    """The most accurate static baseline (not random, not policy_static) using <= ``compute``."""
-    pool = [(n, m) for n, m in methods.items() if n not in _ORDER and not n.startswith("random")
-            and not m.get("aggregate") and m["compute_fraction"] <= compute + tol]
-    return max(pool, key=lambda nm: nm[1]["accuracy"]) if pool else None
+def scored_methods(methods: dict[str, Any]) -> list[Scored]:
+    """An evaluation's rows as frontier inputs (the random mean ``random_k`` is no program: left out)."""
+    return [Scored(n, m["accuracy"], m["compute_fraction"]) for n, m in methods.items() if not m.get("aggregate")]
+
+
+def best_static(methods: dict[str, Any], compute: float) -> tuple[str, dict[str, Any]] | None:
+    """The best static program at ``compute`` among an evaluation's rows, by the one definition
+    (:func:`polar_rl.search.frontier.best_static`, half a block of tolerance): its name and row."""
+    program = methods.get("full", {}).get("program")
+    best = frontier.best_static(scored_methods(methods), compute, matched_tolerance(len(program) if program else None))
+    return None if best is None else (best.name, methods[best.name])
 
 
 def report_markdown(result: dict[str, Any], suffix: str = "") -> str:
@@ -80,16 +88,16 @@ def report_markdown(result: dict[str, Any], suffix: str = "") -> str:
     policy = methods.get("policy")
     lines += ["", "## Verdict", ""]
     if policy is not None:
-        blocks = len(methods.get("full", {}).get("program") or "x")
-        best = best_static(methods, policy["compute_fraction"], tol=0.5 / blocks)  # matched: the nearest k
+        best = best_static(methods, policy["compute_fraction"])
         if best is None:
-            lines.append(f"No static baseline was evaluated at the policy's compute "
-                         f"({policy['compute_fraction']:.3f}).")
+            lines.append(f"No static program searched on train was evaluated at the policy's compute "
+                         f"({policy['compute_fraction']:.3f}, + half a block) or below.")
         else:
             name, m = best
             vs = m["vs_policy"]
             lines.append(
-                f"Best static program at the policy's compute ({policy['compute_fraction']:.3f}, nearest k): `{name}` "
+                f"Best static program at the policy's compute ({policy['compute_fraction']:.3f}; searched on train, "
+                f"compute at most the policy's + half a block): `{name}` "
                 f"{m['accuracy']:.3f} at {m['compute_fraction']:.3f}; policy {policy['accuracy']:.3f} "
                 f"(policy - static = {-vs['delta']:+.3f}, McNemar p = {vs['mcnemar']['p_value']:.3g})."
             )

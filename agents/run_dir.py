@@ -1,4 +1,4 @@
-"""The run folder: its name, the files that say how it was made, atomic writes, checkpoints.
+"""The run folder: its name, the files that say how it was made, checkpoints, metrics.jsonl.
 
 A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``) holds::
 
@@ -21,33 +21,25 @@ A run folder (``runs/<task>__<model>__lam<lambda>__s<seed>__<YYYYmmdd-HHMMSS>/``
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from stable_baselines3.common.logger import KVWriter
 
 from polar_rl.config import Config, ConfigError
-from polar_rl.fileio import atomic_open
+from polar_rl.fileio import atomic_open, slug, to_jsonable
 
 CHECKPOINT_PREFIX = "rl_model"
 _CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)_steps\.zip$")
 EVAL_FILE = "eval.json"
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of a task or model name (``configs/tasks/x.yaml`` -> ``x``)."""
-    base = Path(text).stem if text.endswith((".yaml", ".yml")) else text
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "x"
 
 
 def run_name(cfg: Config, task_name: str, model_name: str, now: datetime | None = None) -> str:
@@ -182,40 +174,6 @@ def append_command(run_dir: Path, argv: Sequence[str]) -> None:
         f.write(shlex.join(argv) + "\n")
 
 
-# ---- atomic writes (polar_rl.fileio.atomic_open) --------------------------------------------
-
-
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON data from numpy scalars/arrays, tuples and non-finite floats (-> null)."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    with atomic_open(path) as f:
-        json.dump(to_jsonable(data), f, indent=2)
-        f.write("\n")
-    return Path(path)
-
-
-def write_jsonl_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    with atomic_open(path) as f:
-        for row in rows:
-            f.write(json.dumps(to_jsonable(row)) + "\n")
-    return Path(path)
-
-
 # ---- checkpoints -----------------------------------------------------------------------------
 
 
@@ -326,7 +284,10 @@ def truncate_metrics(run_dir: Path, steps: int) -> int:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The lines of ``metrics.jsonl`` (a torn last line from a killed run is skipped)."""
+    """Every line of ``run_dir/metrics.jsonl`` that parses as JSON, in file order, returned as parsed
+    (dict or not). A line that is not JSON (a torn last line from a killed run, a blank or damaged line
+    anywhere) is skipped without a word; bytes that are not UTF-8 raise ``UnicodeDecodeError``.
+    No file: ``[]``."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []

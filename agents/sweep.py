@@ -49,11 +49,10 @@ from polar_rl.agents.run_dir import (
     check_writable,
     list_checkpoints,
     read_metrics,
-    slug,
-    write_json_atomic,
 )
 from polar_rl.config import ConfigError, shorten
 from polar_rl.config_sources import load_config, read_yaml
+from polar_rl.fileio import slug, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
 #: 2: run folders relative to the sweep folder, the base config's sha256; 1 (read): run folders

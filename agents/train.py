@@ -48,7 +48,6 @@ from polar_rl.agents.evaluate import (
     print_summary,
     threshold_for_target,
 )
-from polar_rl.agents.reference_store import reference_store
 from polar_rl.agents.run_dir import (
     EVAL_FILE,
     JsonlWriter,
@@ -63,14 +62,14 @@ from polar_rl.agents.run_dir import (
     read_metrics,
     run_name,
     truncate_metrics,
-    write_json_atomic,
     write_provenance,
 )
 from polar_rl.agents.wandb_output import WandbWriter, finish_run, log_summary, start_run
 from polar_rl.config import Config, ConfigError
 from polar_rl.config_sources import add_config_arguments, load_config, overrides_from_args, save_config
 from polar_rl.envs.vec_env import LayerProgramVecEnv
-from polar_rl.fileio import write_text_atomic
+from polar_rl.fileio import write_json_atomic, write_text_atomic
+from polar_rl.search.results import reference_store
 
 RESUMABLE_SECTIONS = ("training.", "tracking.")
 #: what loading a damaged checkpoint raises (truncated zip, garbage RNG file, wrong contents)
@@ -159,7 +158,7 @@ def load_resumable(run_dir: Path, cfg: Config, env: Any, venv: LayerProgramVecEn
     A damaged checkpoint (truncated zip, garbage RNG file) is skipped with a warning naming it, and
     one with only a legacy pickled RNG file counts as one without RNG state (named, never unpickled);
     ConfigError when none is intact."""
-    from polar_rl.agents.baselines import examples_digest
+    from polar_rl.search.results import examples_digest
 
     if note := legacy_note(run_dir):
         print(f"warning: {note}")

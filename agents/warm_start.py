@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from polar_rl.agents.baselines import StaticBaselines, max_skips
 from polar_rl.config import SEARCHED_FAMILIES, Config, ConfigError
 from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import constant_policy
 from polar_rl.program import runs_string
+from polar_rl.search.families import StaticBaselines, max_skips
+from polar_rl.search.results import cached_program_accuracies
 
 
 def candidate_names(cfg: Config, found: StaticBaselines) -> list[str]:
@@ -85,8 +86,6 @@ def choose_program(cfg: Config, found: StaticBaselines, lm: Any, examples: list[
     if len(programs) == 1:
         name = next(iter(programs))
         return name, programs[name], {}
-    from polar_rl.agents.baselines import cached_program_accuracies
-
     distinct = {tuple(r): n for n, r in reversed(list(programs.items()))}  # identical programs run once
     acc = cached_program_accuracies(lm, examples, {n: list(r) for r, n in distinct.items()}, cfg.env.block_size,
                                     dtype=cfg.model.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polar_rl
 from bench.common import merge_results
-from polar_rl.agents.baselines import search_static_programs
+from polar_rl.search.families import search_static_programs
 
 
 def main() -> None:

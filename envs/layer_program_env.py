@@ -9,10 +9,11 @@ import gymnasium as gym
 import numpy as np
 
 from polar_rl.config import EnvConfig
-from polar_rl.envs.engine import NUM_ACTIONS, InvalidActionError, LockstepEngine, Reference
+from polar_rl.envs.engine import NUM_ACTIONS, InvalidActionError, LockstepEngine
 from polar_rl.models.adapter import LayerModel
 from polar_rl.program import Action
 from polar_rl.tasks.examples import Task
+from polar_rl.tasks.rewards import Reference
 
 
 def make_engine_inputs(
@@ -75,7 +76,9 @@ class LayerProgramEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Arguments
     ``gym.make("polar_rl/LayerProgram-v0", model="smollm2-135m", task="arc_easy", split="train",
-    config=EnvConfig(...), **env_config_overrides)``; ``model`` / ``task`` may also be loaded objects.
+    config=EnvConfig(...), **env_config_overrides)`` after ``import polar_rl.envs`` (which registers
+    the id), or ``gym.make("polar_rl.envs:polar_rl/LayerProgram-v0", ...)`` without it; ``model`` /
+    ``task`` may also be loaded objects.
 
     ## Version History
     * v0: initial version (observation layout and rewards as above).

@@ -10,10 +10,11 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from polar_rl.config import EnvConfig
-from polar_rl.envs.engine import NUM_ACTIONS, LockstepEngine, Reference
+from polar_rl.envs.engine import NUM_ACTIONS, LockstepEngine
 from polar_rl.envs.layer_program_env import make_engine_inputs
 from polar_rl.models.adapter import LayerModel
 from polar_rl.tasks.examples import Task
+from polar_rl.tasks.rewards import Reference
 
 
 class LayerProgramVecEnv(VecEnv):

@@ -1,7 +1,9 @@
 """polar-rl: learn per-input programs of layers (skip / execute / loop) with reinforcement learning.
 
-``import polar_rl`` registers the Gymnasium environment ``polar_rl/LayerProgram-v0``; the RL side
-(gymnasium, SB3) is only imported when that environment is made.
+The core (this package) knows nothing of RL and imports no gymnasium, SB3 or W&B. The Gymnasium
+environment ``polar_rl/LayerProgram-v0`` (:data:`ENV_ID`) is registered when :mod:`polar_rl.envs`
+is imported: ``import polar_rl.envs`` then ``gym.make(ENV_ID, ...)``, or in one step
+``gym.make("polar_rl.envs:polar_rl/LayerProgram-v0", ...)``.
 """
 
 from polar_rl.models.adapter import LayerModel
@@ -10,17 +12,5 @@ from polar_rl.program import Action, Program
 from polar_rl.tasks import load_task
 
 ENV_ID = "polar_rl/LayerProgram-v0"
-
-
-def _register() -> None:
-    try:
-        import gymnasium as gym
-    except ImportError:  # serving-only installs
-        return
-    if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="polar_rl.envs.layer_program_env:LayerProgramEnv")
-
-
-_register()
 
 __all__ = ["ENV_ID", "Action", "LayerModel", "Program", "load_model", "load_task"]

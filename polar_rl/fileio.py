@@ -1,4 +1,4 @@
-"""Atomic file writes: a half-written file never looks complete.
+"""Atomic file writes (a half-written file never looks complete), JSON writers and file-name slugs.
 
 Files and folders put in place here get the permissions the user's umask gives a new file or folder
 (0644 / 0755 under umask 022), never the 0600 / 0700 of ``tempfile``'s private temporaries.
@@ -6,13 +6,19 @@ Files and folders put in place here get the permissions the user's umask gives a
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 @contextmanager
@@ -99,3 +105,44 @@ def replace_folder(tmp: str | Path, target: str | Path) -> None:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     _fsync_dir(target.parent)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a task or model name (``configs/tasks/x.yaml`` -> ``x``)."""
+    base = Path(text).stem if text.endswith((".yaml", ".yml")) else text
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "x"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON data from numpy scalars/arrays, tuples and non-finite floats (-> null)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    with atomic_open(path) as f:
+        json.dump(to_jsonable(data), f, indent=2)
+        f.write("\n")
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(to_jsonable(row)) + "\n")
+    return Path(path)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (``hashlib.file_digest``)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from polar_rl import Program, load_task
-from polar_rl.agents.baselines import BaselineStore, StaticBaselines, max_skips, search_static_programs
 from polar_rl.agents.evaluate import adaptivity, majority_program, matched_ks
 from polar_rl.config import Config, ConfigError
-from polar_rl.envs.engine import LockstepEngine, choice_gold_logprob
+from polar_rl.envs.engine import LockstepEngine
 from polar_rl.envs.rollout import constant_policy, rollout, rollout_programs
+from polar_rl.search.families import BaselineStore, StaticBaselines, max_skips, search_static_programs
 from polar_rl.tasks.multiple_choice import score_packed
+from polar_rl.tasks.rewards import choice_gold_logprob
 
 # ---- pure selection logic -------------------------------------------------------------------------
 
@@ -187,7 +188,7 @@ def test_margin_objective_search_equals_direct_scoring(real_model, search_set, t
 
 @pytest.mark.real
 def test_program_accuracies_equal_direct_scoring(real_model, found) -> None:
-    from polar_rl.agents.baselines import program_accuracies
+    from polar_rl.search.runner import program_accuracies
 
     examples = load_task("arc_easy", "val", limit=10).examples
     programs = {"full": [1] * 6, "skip0": [0, 1, 1, 1, 1, 1], "g2": found.runs("greedy", 2),

@@ -11,7 +11,6 @@ import sb3_contrib
 import stable_baselines3
 
 from polar_rl.agents.algorithms import algorithm_class, algorithm_kwargs, check_algorithm, masking_settings
-from polar_rl.agents.reference_store import ReferenceStore
 from polar_rl.agents.run_dir import (
     JsonlWriter,
     checkpoint_paths,
@@ -20,13 +19,18 @@ from polar_rl.agents.run_dir import (
     list_checkpoints,
     read_metrics,
     run_name,
-    slug,
-    write_json_atomic,
 )
 from polar_rl.agents.wandb_output import WandbWriter
-from polar_rl.config import ALGORITHMS, Config, ConfigError
+from polar_rl.config import ALGORITHMS, Config, ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
-from polar_rl.envs.engine import Reference
+from polar_rl.envs.engine import LockstepEngine
+from polar_rl.fileio import slug, write_json_atomic
+from polar_rl.models import load_model
+from polar_rl.models.adapter import LayerModel
+from polar_rl.search.results import ReferenceStore
+from polar_rl.tasks.examples import MCExample, Task
+from polar_rl.tasks.rewards import Reference
+from tests.agents.helpers import tiny_model_dir
 
 
 def test_registry_resolves_every_algorithm() -> None:
@@ -96,8 +100,6 @@ def test_atomic_json_leaves_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_reference_store_round_trip(tmp_path: Path) -> None:
-    from polar_rl.tasks.examples import MCExample, Task
-
     task = Task("arc_easy", "test", "multiple_choice",
                 tuple(MCExample(f"q{i}", f"Question {i}?", (" a", " b"), 0) for i in (1, 2)))
     store = ReferenceStore("abc123", task, root=tmp_path)
@@ -105,11 +107,28 @@ def test_reference_store_round_trip(tmp_path: Path) -> None:
     store.save({"q1": Reference(True, 1.5, -0.2)})
     ReferenceStore("abc123", task, root=tmp_path).save({"q2": Reference(False, -0.25, -1.5)})
     assert store.load() == {"q1": Reference(True, 1.5, -0.2), "q2": Reference(False, -0.25, -1.5)}
-    assert store.path == tmp_path / "reference" / "abc123__float32__cpu__arc_easy__test.json"
-    assert ReferenceStore("abc123", task, "bfloat16", root=tmp_path).load() == {}
+    assert store.path == tmp_path / "results.sqlite"
+    assert ReferenceStore("abc123", task, "bfloat16", root=tmp_path).load() == {}  # a bf16 result never serves fp32
     assert ReferenceStore("abc123", task, device="cuda:0", root=tmp_path).load() == {}
-    store.path.write_text("not json")
-    assert store.load() == {}
+    renamed = Task("my_copy", "val", "multiple_choice", task.examples)  # the same questions under another name
+    assert ReferenceStore("abc123", renamed, root=tmp_path).load() == store.load()
+
+
+def test_reference_store_imports_the_previous_json_cache_once(tmp_path: Path, capsys) -> None:
+    """A run made before the sqlite store: its JSON reference cache is reused, with one line saying so."""
+    import json
+
+    from polar_rl.search.results import FORMAT, example_hash
+
+    task = Task("arc_easy", "test", "multiple_choice", (MCExample("q1", "Question 1?", (" a", " b"), 0),))
+    legacy = tmp_path / "reference" / "abc123__float32__cpu__arc_easy__test.json"
+    legacy.parent.mkdir()
+    legacy.write_text(json.dumps({"format": FORMAT, "model_hash": "abc123", "dtype": "float32", "device": "cpu",
+                                  "entries": {"q1": {"example": example_hash(task.examples[0]), "correct": True,
+                                                     "margin": 0.5, "gold_logprob": -0.3}}}))
+    assert ReferenceStore("abc123", task, root=tmp_path).load() == {"q1": Reference(True, 0.5, -0.3)}
+    assert ReferenceStore("abc123", task, root=tmp_path).load() == {"q1": Reference(True, 0.5, -0.3)}
+    assert capsys.readouterr().out.count("note: imported the reference cache") == 1
 
 
 def test_wandb_writer_sends_scalars_with_the_step() -> None:
@@ -175,48 +194,69 @@ def test_every_algorithm_builds_and_learns_from_the_config(algo: str) -> None:
         make_algorithm(bad, env, seed=0)
 
 
-def test_rng_state_round_trip() -> None:
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> LayerModel:
+    return load_model(str(tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")))
+
+
+@pytest.fixture
+def tiny_engine(tiny_lm: LayerModel) -> LockstepEngine:
+    """A real engine over a tiny random model (4 layers): 2 episodes at a time, 5 questions, shuffled."""
+    questions = tuple(MCExample(f"toy/q{i}", f"Question {i}?\nAnswer:", (" yes", " no"), i % 2) for i in range(5))
+    task = Task("toy", "train", "multiple_choice", questions)
+    return LockstepEngine(tiny_lm, task, EnvConfig(prefix_cache_gb=0.0), n_envs=2, seed=3)
+
+
+def _drawn(engine: LockstepEngine) -> list[str]:
+    """Start the next episodes; the ids of their questions."""
+    engine.reset()
+    return [ex.id for ex in engine.ep.examples]  # type: ignore[union-attr]
+
+
+def test_rng_state_round_trip(tiny_engine: LockstepEngine) -> None:
+    """A checkpoint taken at a rollout boundary (the next episodes drawn, not stepped): the resumed run
+    draws those episodes again, then the same questions and global random numbers as the uninterrupted run."""
     import pickle
     import random
-    from types import SimpleNamespace
 
     import numpy as np
     import torch
 
     from polar_rl.agents.callbacks import capture_rng, restore_rng
-    from polar_rl.envs.engine import LockstepEngine
 
-    engine = SimpleNamespace(rng=np.random.default_rng(3), _order=np.array([2, 0, 1]), _cursor=1, ep=None,
-                             _before_draw=None)
-    engine._current_sampler_state = lambda: LockstepEngine._current_sampler_state(engine)  # type: ignore[arg-type]
-    engine.sampler_state = lambda: LockstepEngine.sampler_state(engine)  # type: ignore[arg-type]
-    engine.load_sampler_state = lambda s: LockstepEngine.load_sampler_state(engine, s)  # type: ignore[arg-type]
+    engine = tiny_engine
+    _drawn(engine)
+    done = False
+    while not done:
+        _, _, done, _ = engine.step(np.ones(engine.n, dtype=int))
+    pending = _drawn(engine)  # the auto-reset at the end of a rollout
     state = pickle.loads(pickle.dumps(capture_rng(engine)))
 
-    def draws():
-        return (random.random(), float(np.random.rand()), float(torch.rand(1)), float(engine.rng.random()))
+    def draws() -> tuple:
+        later = [_drawn(engine) for _ in range(4)]  # 8 draws of 5 questions: crosses into a new permutation
+        return random.random(), float(np.random.rand()), float(torch.rand(1)), later
 
     first = draws()
-    engine._order, engine._cursor = np.arange(3), 0
-    restore_rng(state, engine)  # type: ignore[arg-type]
+    restore_rng(state, engine)
+    assert _drawn(engine) == pending
     assert draws() == first
-    assert engine._order.tolist() == [2, 0, 1] and engine._cursor == 1
 
 
-def test_best_checkpoint_needs_min_delta_to_replace_the_warm_start(tmp_path: Path, monkeypatch) -> None:
+def test_best_checkpoint_needs_min_delta_to_replace_the_warm_start(tmp_path: Path, monkeypatch,
+                                                                    tiny_engine: LockstepEngine) -> None:
     """Seed 1 of the main job: a PPO checkpoint tied the cloned program on val (same questions right,
     compute lower by float dust) and replaced it as best_model.zip. With ``min_delta`` it does not;
     one more question right does."""
-    import types
-
     from stable_baselines3.common.logger import Logger
 
     import polar_rl.agents.callbacks as cb
 
-    n, layers = 110, 30
-    evaluations = iter([(57, 27.0), (57, 26.999), (58, 27.0)])  # (questions right, mean layer calls)
+    n, layers = 110, tiny_engine.lm.num_layers
+    # (questions right, mean layer calls): the second ties the first with compute lower by float dust
+    evaluations = iter([(57, layers - 1.0), (57, layers - 1.001), (58, layers - 1.0)])
 
     def fake_rollout(engine, policy):
+        assert engine is tiny_engine
         right, calls = next(evaluations)
         return ([{"correct": i < right, "layer_calls": calls, "full_correct": True} for i in range(n)], 0.01)
 
@@ -232,12 +272,11 @@ def test_best_checkpoint_needs_min_delta_to_replace_the_warm_start(tmp_path: Pat
 
     monkeypatch.setattr(cb, "rollout", fake_rollout)
     monkeypatch.setattr(cb, "sb3_policy", lambda model, deterministic: None)
-    engine = types.SimpleNamespace(lm=types.SimpleNamespace(num_layers=layers))
-    callback = cb.ProgramEvalCallback(engine, 10, 0.1, "eval/score", tmp_path, min_delta=0.005)  # type: ignore[arg-type]
+    callback = cb.ProgramEvalCallback(tiny_engine, 10, 0.1, "eval/score", tmp_path, min_delta=0.005)
     model = Model()
     callback.model = model  # type: ignore[assignment]
     for step in (0, 10, 20):
         model.num_timesteps = callback.num_timesteps = step
         callback.evaluate()
-    assert saved == [0, 20]  # the tie at step 10 (score higher by 3e-6) kept the warm start
+    assert saved == [0, 20]  # the tie at step 10 (score higher by 2.5e-5 < min_delta) kept the warm start
     assert json.loads((tmp_path / "best_model.json").read_text())["step"] == 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def test_frontier_marks_dominated_trials_and_pairs_each_with_its_static_program(
     for name, (acc, compute) in {"trial-000": (0.52, 0.80), "trial-001": (0.50, 0.90)}.items():
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
-        methods = {"full": _method(0.5, 1.0), "policy": _method(acc, compute), "greedy_3": _method(0.5, 0.9, 0.04),
+        methods = {"full": {**_method(0.5, 1.0), "program": "x" * 10}, "policy": _method(acc, compute),
+                   "greedy_3": _method(0.5, 0.9, 0.04),
                    "bi_3": _method(0.44, 0.9), "greedy_6": _method(0.25, 0.8, 0.001)}
         (run / "eval.json").write_text(json.dumps({"task": "arc_easy", "split": "test", "n": 4, "model": "m",
                                                    "model_hash": "h", "compute_penalty": 0.1, "seed": 0,
@@ -166,6 +168,50 @@ def test_frontier_marks_dominated_trials_and_pairs_each_with_its_static_program(
                               {"compute_fraction": 0.9, "accuracy": 0.75, "programs": 3}]
     assert (tmp_path / "frontier.png").stat().st_size > 10_000 and data["finished"] == 2 and data["trials"] == 3
     assert "trial-000 *" in (tmp_path / "report.md").read_text()
+
+
+def _row(acc: float, compute: float, program: str, n: int = 4) -> dict:
+    """An eval.json row as the evaluation writes it (paired tests against full and the policy)."""
+    test = {"delta": 0.0, "delta_ci": [0.0, 0.0], "mcnemar": {"lost": 0, "gained": 0, "p_value": 1.0}}
+    return {"n": n, "accuracy": acc, "accuracy_ci": [max(0.0, acc - 0.1), min(1.0, acc + 0.1)],
+            "layer_calls": 30 * compute, "compute_fraction": compute, "flops_fraction": compute,
+            "seconds_per_example": 0.1, "delta_vs_full": acc - 0.5, "delta_ci": [0.0, 0.0],
+            "mcnemar": test["mcnemar"], "vs_policy": test, "program": program}
+
+
+def test_report_verdict_and_pareto_table_name_the_same_best_static_program(tmp_path: Path) -> None:
+    """One eval.json, read by report.md's verdict and by the sweep's pareto table: both name the same
+    program. Traps where the two old definitions differed: a random draw and the random mean above
+    every searched program, a tie (greedy_3 = skip_rank_3, listed skip_rank_3 first), and a more
+    accurate program 1.1 blocks above the policy's compute (the nearest compute is not the rule)."""
+    from polar_rl.agents.pareto import write_frontier
+    from polar_rl.agents.report import report_markdown
+
+    skip3, skip2 = "x" * 16 + "-x--" + "x" * 10, "x" * 18 + "--" + "x" * 10
+    methods = {"full": {**_row(0.5, 1.0, "x" * 30), "vs_policy": None}, "policy": {**_row(0.5, 0.897, ""), "vs_policy": None},
+               "skip_rank_3": _row(0.5, 0.9, skip3), "greedy_3": _row(0.5, 0.9, skip3),
+               "bi_3": _row(0.25, 0.9, "x" * 13 + "--xx-" + "x" * 12), "greedy_2": _row(1.0, 0.933, skip2),
+               "random_3_s0": _row(0.75, 0.9, "---" + "x" * 27), "policy_static": _row(1.0, 0.9, skip3),
+               "random_3": {"accuracy": 0.75, "accuracy_min": 0.75, "accuracy_max": 0.75, "seeds": 1,
+                            "compute_fraction": 0.9, "aggregate": True}}
+    result = {"task": "arc_easy", "split": "test", "n": 4, "model": "m", "model_hash": "h", "compute_penalty": 0.1,
+              "seed": 0, "policy_decoding": "greedy", "methods": methods}
+    run = tmp_path / "runs" / "trial-000"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps(result))
+    (run / "eval_records.jsonl").write_text("".join(
+        json.dumps({"method": name, "example_id": f"q{i}", "correct": i < 4 * m["accuracy"],
+                    "compute_fraction": m["compute_fraction"]}) + "\n"
+        for name, m in methods.items() if not m.get("aggregate") for i in range(4)))
+    (tmp_path / "sweep.json").write_text(json.dumps({"format": 1, "trials": [
+        {"name": "trial-000", "params": {"env.compute_penalty": 0.1}, "state": "finished", "run_dir": str(run)}]}))
+
+    verdict = re.search(r"Best static program at the policy's compute [^`]*`(\w+)`", report_markdown(result))
+    data = write_frontier(tmp_path)
+    table = re.search(r"\| trial-000 [^\n]*\| `(\w+)` [0-9.]+ @", (tmp_path / "report.md").read_text())
+    assert verdict is not None and table is not None
+    assert verdict[1] == table[1] == data["points"][0]["best_static"]["name"] == "greedy_3"
+    assert [o["programs"] for o in data["oracle"]] == [3, 4]  # the ceiling routes over the searched programs only
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from polar_rl.fileio import atomic_open, replace_folder, write_text_atomic
+from polar_rl.fileio import atomic_open, replace_folder, sha256, write_text_atomic
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -47,3 +48,13 @@ def test_replace_folder_raises_when_the_new_folder_is_missing(tmp_path: Path) ->
     with pytest.raises(OSError):
         replace_folder(tmp_path / "never-written", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 20, (5 << 20) + 3])  # empty, one byte, past hashlib's chunks
+def test_sha256_of_a_file_is_the_sha256_of_its_bytes(tmp_path: Path, size: int) -> None:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256(path) == sha256(str(path)) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data + b"!")
+    assert sha256(path) != hashlib.sha256(data).hexdigest()

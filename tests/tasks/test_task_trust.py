@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from polar_rl.agents import cli
-from polar_rl.agents.reference_store import ProgramResultStore, ReferenceStore
 from polar_rl.config import ConfigError, shorten
 from polar_rl.models.adapter import InputTooLongError, LayerModel
+from polar_rl.search.results import ProgramResultStore, ReferenceStore
 from polar_rl.tasks import GenExample, MCExample, Task, TaskError, load_task
 from polar_rl.tasks.generative_scoring import generate_answers
 from polar_rl.tasks.multiple_choice import check_fits, pack_questions, packed_inputs, score_packed
@@ -108,9 +108,6 @@ def test_full_model_timing_is_kept_per_question_set(tmp_path: Path) -> None:
     assert store(split).load_seconds() == 0.117 and store(split[:4]).load_seconds() == 0.317
     other = [_mc(i, "Another question {}?\nAnswer:") for i in range(8)]  # same ids, other content
     assert store(other).load_seconds() is None
-    meta = store(split).meta_path
-    meta.write_text(json.dumps({"seconds_per_example": 0.5}))  # the old format: whichever set ran last
-    assert store(split).load_seconds() is None
 
     programs, runs = store(split, ProgramResultStore), [1, 0, 1, 1]
     records = [{"example_id": ex.id, "correct": True} for ex in split]

@@ -5,6 +5,10 @@ Block b runs once as one batched call over the episodes that EXECUTE or LOOP, on
 that LOOP; SKIP leaves the state as it is. All episodes end together (after block B-1: final norm,
 head, scoring) and the next ``reset`` draws the next N examples. The single env and the VecEnv are
 views of this engine (N = 1 and N = n_envs); it is the only place that batches episodes.
+
+The observation (:func:`polar_rl.observation.observe_programs`) and the block step
+(:mod:`polar_rl.block_step`: run counts, length buckets, repeats, the finite check) are the core's,
+shared with the serving runtime.
 """
 
 from __future__ import annotations
@@ -16,80 +20,41 @@ from typing import Any
 import numpy as np
 import torch
 
+from polar_rl.block_step import BlockRunner, PartialPrograms, block_runs
 from polar_rl.config import REWARD_MODES, EnvConfig
 from polar_rl.envs.prefix_cache import PrefixCache
 from polar_rl.masks import NUM_ACTIONS, MaskRules  # noqa: F401 - NUM_ACTIONS re-exported
 from polar_rl.models.adapter import LayerInputs, LayerModel
-from polar_rl.observation import ObservationSpec, featurize, logit_lens
+from polar_rl.observation import ObservationSpec, context_mask, observe_programs
 from polar_rl.program import Action, Program, check_block_size
 from polar_rl.tasks.examples import MCExample, Task
 from polar_rl.tasks.multiple_choice import (
-    ChoiceScores,
     PackedBatch,
     check_fits,
     choice_scores,
     pack_questions,
     packed_inputs,
 )
-
-MARGIN_CLIP = 10.0  # nats; margin and gold log-prob rewards are clipped to [-10, 10]
+from polar_rl.tasks.rewards import Reference, choice_gold_logprob, task_term, worst_reward
 
 
 class InvalidActionError(ValueError):
     """An action outside the action space or masked at this step."""
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The full model's result on one example (computed once per example and kept)."""
+@dataclass(kw_only=True)
+class _Episodes(PartialPrograms):
+    """The N episodes' programs so far (runs, calls, loops, prev_action, failed) and their batch."""
 
-    correct: bool
-    margin: float
-    gold_logprob: float  # log-prob of gold normalised over the choices
-
-
-@dataclass
-class _Episodes:
     examples: list[MCExample]
     batch: PackedBatch
     hidden: torch.Tensor  # (N, T, H)
     inputs: LayerInputs
     lengths: torch.Tensor  # (N,) real tokens per row
-    runs: list[list[int]] = field(default_factory=list)
-    calls: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    loops: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    prev_action: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    context: torch.Tensor | None = None  # (N, T) bool context tokens, for the pooled feature
     idle: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # padding rows: never run
     phi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shaping potential per episode
     block: int = 0
-
-
-def choice_gold_logprob(scores: ChoiceScores) -> torch.Tensor:
-    """(N,) log-prob of the gold choice normalised over the choices."""
-    return torch.stack([g - torch.logsumexp(lps, 0) for g, lps in zip(scores.gold_logprob, scores.logprobs, strict=True)])
-
-
-def task_term(mode: str, correct: torch.Tensor, margin: torch.Tensor, gold_logprob: torch.Tensor) -> torch.Tensor:
-    """(N,) correctness term of the reward.
-
-    margin: gold log-prob minus the best other, clipped to [-10, 10]; gold_logprob: choice-normalised
-    log-prob of gold, clipped to [-10, 0]; gold_prob: its probability (a soft accuracy in [0, 1];
-    a flat, uninformed answer earns 1/k, the chance level); correct: 1 / 0.
-    """
-    if mode == "margin":
-        return margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
-    if mode == "gold_logprob":
-        return gold_logprob.clamp(-MARGIN_CLIP, 0.0)
-    if mode == "gold_prob":
-        return gold_logprob.exp()
-    if mode == "correct":
-        return correct.float()
-    raise ValueError(f"unknown reward mode {mode!r}; expected one of {REWARD_MODES}")
-
-
-def worst_reward(mode: str) -> float:
-    return {"correct": 0.0, "gold_prob": 0.0}.get(mode, -MARGIN_CLIP)
 
 
 class LockstepEngine:
@@ -141,10 +106,15 @@ class LockstepEngine:
         self._order: np.ndarray = np.arange(0)
         self._cursor = 0
         self.nonfinite_count = 0
-        self.layer_seconds = 0.0  # wall time inside layer calls (for the layer_time_share benchmark)
+        self.blocks = BlockRunner(lm, cfg.block_size)  # the block step, shared with serving
         self.reference_seconds = 0.0  # wall time spent running the full program for missing references
         self.ep: _Episodes | None = None
         self._before_draw: dict[str, Any] | None = None  # sampler state before the current episodes' draw
+
+    @property
+    def layer_seconds(self) -> float:
+        """Wall time inside layer calls (for the layer_time_share benchmark)."""
+        return self.blocks.layer_seconds
 
     # ---- example order --------------------------------------------------------------------
     def seed(self, seed: int | None | np.random.Generator) -> None:
@@ -197,10 +167,10 @@ class LockstepEngine:
         examples = examples + [examples[0]] * int(idle.sum())
         batch = pack_questions(self.lm.tokenizer, examples, self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
-        self.ep = _Episodes(
-            examples=examples, batch=batch, hidden=hidden.clone(), inputs=inputs, lengths=batch.lengths.cpu(),
-            runs=[[] for _ in range(self.n)], calls=np.zeros(self.n), loops=np.zeros(self.n, dtype=int),
-            prev_action=np.full(self.n, -1), failed=np.zeros(self.n, dtype=bool), idle=idle,
+        context = context_mask(batch.context_last, hidden.shape[1]) if self.obs_spec.pooled else None
+        self.ep = _Episodes.start(
+            self.n, examples=examples, batch=batch, hidden=hidden.clone(), inputs=inputs,
+            lengths=batch.lengths.cpu(), context=context, idle=idle,
         )
         self._ensure_reference()
         if self.cfg.reward_shaping:  # potential before any decision: the full model's term
@@ -229,7 +199,7 @@ class LockstepEngine:
         inputs = ep.inputs.select(idx)
         local = list(range(len(rows)))
         for later in range(ep.block + 1, self.num_blocks):
-            sub = self._run_rows(later, sub, inputs, lengths, local)
+            sub = self.blocks.run_rows(later, sub, inputs, local, lengths)
             if self.cache is not None:
                 for j, i in enumerate(rows):
                     key = (ep.examples[i].id, tuple(ep.runs[i]) + (1,) * (later - ep.block))
@@ -251,7 +221,7 @@ class LockstepEngine:
         hidden, inputs = packed_inputs(self.lm, batch)
         lengths, rows = batch.lengths.cpu(), list(range(len(todo)))
         for b in range(self.num_blocks):
-            hidden = self._run_rows(b, hidden, inputs, lengths, rows)
+            hidden = self.blocks.run_rows(b, hidden, inputs, rows, lengths)
             if self.cache is not None:
                 for j, ex in enumerate(todo):
                     self.cache.put((ex.id, (1,) * (b + 1)), hidden[j, : int(batch.lengths[j])].clone())
@@ -261,31 +231,6 @@ class LockstepEngine:
             self.reference[ex.id] = Reference(bool(scores.correct[j]), float(scores.margin[j]), float(gold_lp[j]))
         self.reference_seconds += time.perf_counter() - start
 
-    def _run_rows(
-        self, block: int, hidden: torch.Tensor, inputs: LayerInputs, lengths: torch.Tensor, rows: list[int]
-    ) -> torch.Tensor:
-        """Run block ``block`` on some rows of a right-padded (N, T, H) batch, in length buckets.
-
-        Rows are sorted by length and grouped so a bucket's padding stays under ``PAD_SLACK`` of its
-        real tokens: padded tokens cost as much as real ones, and ARC rows vary 24..130 tokens.
-        """
-        for bucket in length_buckets(lengths, rows):
-            width = int(lengths[bucket[0]])
-            if len(bucket) == hidden.shape[0] and width == hidden.shape[1]:
-                hidden = self._run_block(block, hidden, inputs)
-                continue
-            idx = torch.tensor(bucket, device=hidden.device)
-            sub = hidden.index_select(0, idx)[:, :width]
-            out = self._run_block(block, sub, _narrow(inputs.select(idx), width))
-            hidden[idx, :width] = out
-        return hidden
-
-    def _run_block(self, block: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
-        t0 = time.perf_counter()
-        for layer in range(block * self.cfg.block_size, (block + 1) * self.cfg.block_size):
-            hidden = self.lm.run_layer(layer, hidden, inputs)
-        self.layer_seconds += time.perf_counter() - t0
-        return hidden
 
     # ---- masks ----------------------------------------------------------------------------
     def action_masks(self) -> np.ndarray:
@@ -320,16 +265,13 @@ class LockstepEngine:
                     f"use action_masks() (e.g. sb3-contrib MaskablePPO)"
                 )
         b, bs, L = ep.block, self.cfg.block_size, self.lm.num_layers
-        runs = np.where(acts == Action.LOOP, self.cfg.loop_runs, acts).astype(int)
-        runs[ep.failed | ep.idle] = 0
+        runs = block_runs(acts, self.cfg.loop_runs, ep.failed | ep.idle)  # (N,)
+        ep.record(acts, runs, bs)
         self._advance(b, runs)
         rewards = -self.cfg.compute_penalty * runs * bs / L
-        ep.calls += runs * bs
-        ep.loops += (acts == Action.LOOP)
-        ep.prev_action = acts.astype(int)
         done = ep.block + 1 == self.num_blocks
         if self.cfg.reward_shaping and not done:  # EXECUTE leaves the potential as it is
-            changed = [i for i in range(self.n) if runs[i] != 1 and not (ep.failed[i] or ep.idle[i])]
+            changed = np.flatnonzero((runs != 1) & ~ep.failed & ~ep.idle).tolist()
             if changed:
                 new_phi = self._completion_phi(changed)
                 rewards[changed] += new_phi - ep.phi[changed]
@@ -344,35 +286,31 @@ class LockstepEngine:
         return self.observe(), rewards.astype(np.float32), done, infos
 
     def _advance(self, b: int, runs: np.ndarray) -> None:
-        """Run block b for every episode with runs > 0, using the prefix cache where it hits."""
+        """Run block b (the shared step) for every episode with runs > 0 whose state is not in the prefix cache."""
         ep = self.ep
         assert ep is not None
-        compute: list[int] = []
-        for i in range(self.n):
-            ep.runs[i].append(int(runs[i]))
-            if runs[i] == 0:
-                continue
-            if self.cache is not None:
-                hit = self.cache.get((ep.examples[i].id, tuple(ep.runs[i])))
-                if hit is not None:
-                    ep.hidden[i, : hit.shape[0]] = hit
-                    continue
-            compute.append(i)
-        if not compute:
-            return
-        # one batched call (per length bucket) for everyone needing run 1, again for run 2, ...
-        for rep in range(int(runs[compute].max())):
-            rows = [i for i in compute if runs[i] > rep]
-            ep.hidden = self._run_rows(b, ep.hidden, ep.inputs, ep.lengths, rows)
-        finite = torch.isfinite(ep.hidden[torch.tensor(compute)]).flatten(1).all(1).cpu().numpy()
-        for i, ok in zip(compute, finite, strict=True):
-            if not ok:  # end this episode: worst reward at the end, never hand NaN to the policy
-                ep.failed[i] = True
-                ep.hidden[i] = 0.0
-                self.nonfinite_count += 1
-            elif self.cache is not None:
-                L = int(ep.lengths[i])
-                self.cache.put((ep.examples[i].id, tuple(ep.runs[i])), ep.hidden[i, :L].clone())
+        compute = self._cache_misses(np.flatnonzero(runs))  # (R,)
+        ep.hidden, ok = self.blocks.step(b, ep.hidden, ep.inputs, runs, compute, ep.lengths)
+        ep.failed[compute[~ok]] = True  # a non-finite state ends the episode: worst reward, zeros observed
+        self.nonfinite_count += int((~ok).sum())
+        if self.cache is not None:
+            for i in compute[ok].tolist():
+                self.cache.put((ep.examples[i].id, tuple(ep.runs[i])), ep.hidden[i, : int(ep.lengths[i])].clone())
+
+    def _cache_misses(self, rows: np.ndarray) -> np.ndarray:
+        """The (R,) ``rows`` whose state after this block is not in the prefix cache; hits are copied in."""
+        ep = self.ep
+        assert ep is not None
+        if self.cache is None:
+            return rows
+        miss = []
+        for i in rows.tolist():
+            hit = self.cache.get((ep.examples[i].id, tuple(ep.runs[i])))
+            if hit is None:
+                miss.append(i)
+            else:
+                ep.hidden[i, : hit.shape[0]] = hit
+        return np.array(miss, dtype=np.int64)
 
     def _finish(self, infos: list[dict[str, Any]]) -> np.ndarray:
         ep = self.ep
@@ -409,45 +347,8 @@ class LockstepEngine:
     # ---- observations ---------------------------------------------------------------------
     @torch.inference_mode()
     def observe(self) -> np.ndarray:
+        """(N, D) observations of the current episodes (:func:`polar_rl.observation.observe_programs`)."""
         ep = self.ep
         assert ep is not None
-        rows = torch.arange(self.n, device=ep.hidden.device)
-        last = ep.hidden[rows, ep.batch.context_last]  # (N, H)
-        normed = self.lm.norm(last)
-        pooled = lens = None
-        if self.obs_spec.pooled:
-            ctx = torch.arange(ep.hidden.shape[1], device=ep.hidden.device)[None] <= ep.batch.context_last[:, None]
-            mean = (ep.hidden * ctx[..., None]).sum(1) / ctx.sum(1, keepdim=True)
-            pooled = self.lm.norm(mean)
-        if self.obs_spec.logit_lens:
-            lens = logit_lens(self.lm.head(normed))
-        obs = featurize(
-            self.obs_spec, normed, torch.full((self.n,), ep.block), torch.tensor(ep.calls / self.lm.num_layers),
-            torch.tensor(ep.prev_action), pooled, lens,
-        )
-        obs[torch.tensor(ep.failed)] = 0.0
-        return obs.cpu().numpy()
+        return observe_programs(self.lm, self.obs_spec, ep.hidden, ep.batch.context_last, ep.context, ep.block, ep)
 
-
-PAD_SLACK = 0.25
-
-
-def length_buckets(lengths: torch.Tensor, rows: list[int], slack: float = PAD_SLACK) -> list[list[int]]:
-    """Group rows (longest first) so each group's padded size is <= (1 + slack) x its real tokens."""
-    order = sorted(rows, key=lambda i: -int(lengths[i]))
-    buckets: list[list[int]] = []
-    for i in order:
-        if buckets:
-            cur = buckets[-1]
-            width = int(lengths[cur[0]])
-            real = sum(int(lengths[j]) for j in cur) + int(lengths[i])
-            if width * (len(cur) + 1) <= (1 + slack) * real:
-                cur.append(i)
-                continue
-        buckets.append([i])
-    return buckets
-
-
-def _narrow(inputs: LayerInputs, width: int) -> LayerInputs:
-    """Crop layer inputs to the first ``width`` tokens (rows shorter than the padded batch)."""
-    return inputs.narrow(width)

@@ -17,15 +17,22 @@ prev_action        4       one-hot previous action: none, SKIP, EXECUTE, LOOP
 =================  ======  ==========================================================
 
 Every value is clipped to [-clip, clip], so the observation space has finite bounds.
+:func:`observe_programs` reads these parts off a batch of partial programs; the lockstep engine and
+the serving runtime both call it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from polar_rl.block_step import PartialPrograms
+    from polar_rl.models.adapter import LayerModel
 
 LENS_FEATURES = 3
 PREV_ACTIONS = 4  # none + SKIP / EXECUTE / LOOP
@@ -104,3 +111,31 @@ def featurize(
     parts.append(compute.float().to(device).reshape(n, 1))
     parts.append(torch.nn.functional.one_hot(prev_action.long().to(device) + 1, PREV_ACTIONS).float())
     return torch.cat(parts, dim=-1).nan_to_num(0.0).clamp(-spec.clip, spec.clip)
+
+
+def context_mask(last: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, T) bool: the tokens up to each row's last context token ``last`` (N,), for right-padded rows."""
+    return torch.arange(width, device=last.device)[None] <= last[:, None]
+
+
+def observe_programs(lm: LayerModel, spec: ObservationSpec, hidden: torch.Tensor, last: torch.Tensor,
+                     context: torch.Tensor | None, block: int, programs: PartialPrograms) -> np.ndarray:
+    """(N, D) float32 observations of N partial programs about to decide ``block`` (``num_blocks``: done).
+
+    hidden: (N, T, H) states; last: (N,) index of each row's last context token (the features' token);
+    context: (N, T) bool, the tokens the pooled feature averages (needed when ``spec.pooled``).
+    A row whose program failed (non-finite state) observes zeros.
+    """
+    n = hidden.shape[0]
+    normed = lm.norm(hidden[torch.arange(n, device=hidden.device), last])  # (N, H)
+    pooled = lens = None
+    if spec.pooled:
+        if context is None:
+            raise ValueError("ObservationSpec.pooled is set but no context mask was given")
+        pooled = lm.norm((hidden * context[..., None]).sum(1) / context.sum(1, keepdim=True))  # (N, H)
+    if spec.logit_lens:
+        lens = logit_lens(lm.head(normed))  # (N, 3)
+    obs = featurize(spec, normed, torch.full((n,), block), torch.tensor(programs.calls / lm.num_layers),
+                    torch.tensor(programs.prev_action), pooled, lens)
+    obs[torch.as_tensor(programs.failed, device=obs.device)] = 0.0
+    return obs.cpu().numpy()

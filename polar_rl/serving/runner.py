@@ -5,13 +5,15 @@
     out = runner.generate(input_ids, max_new_tokens=64)       # out.sequences, out.programs
     result = runner.score_choices("Question: ...\\nAnswer:", [" a", " b"])
 
-The prompt runs block by block; before each block the policy sees the same features the
-environment computes (:func:`polar_rl.observation.featurize`) and acts under the same masks
-(:class:`polar_rl.masks.MaskRules`), greedily: one policy call per block for the whole batch.
-Decoding then uses the core's cached generation (one KV slot per executed layer call) under each
-row's program. Inputs are checked before any layer runs: an empty prompt, an all-padding row, or a
-prompt (+ new tokens) longer than the model's positions is one ServingError / InputTooLongError
-naming the row and the numbers. Imports no stable_baselines3, gymnasium or wandb.
+The prompt runs block by block; before each block the policy sees the features the environment
+sees (:func:`polar_rl.observation.observe_programs`, the engine's own helper) and acts under the
+same masks (:class:`polar_rl.masks.MaskRules`), greedily: one policy call per block for the whole
+batch; the block then runs through the engine's step (:class:`polar_rl.block_step.BlockRunner`),
+whose KV hook keeps each layer call's keys and values. Decoding continues from them with the core's
+cached generation (one KV slot per executed layer call) under each row's program. Inputs are checked
+before any layer runs: an empty prompt, an all-padding row, or a prompt (+ new tokens) longer than
+the model's positions is one ServingError / InputTooLongError naming the row and the numbers.
+Imports no stable_baselines3, gymnasium or wandb.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from polar_rl.block_step import BlockRunner, KVHook, PartialPrograms, block_runs
 from polar_rl.masks import MaskRules, masked_argmax
 from polar_rl.models.adapter import LayerInputs, LayerModel
 from polar_rl.models.program_cache import ProgramCache
-from polar_rl.observation import featurize, logit_lens
-from polar_rl.program import Action, Program, check_block_size
+from polar_rl.observation import context_mask, observe_programs
+from polar_rl.program import Program, check_block_size
 from polar_rl.serving.manifest import (
     ServingError,
     check_manifest,
@@ -88,6 +91,7 @@ class PolarRunner:
         if self.obs_spec.num_blocks != self.num_blocks:
             raise ServingError(f"manifest observation has {self.obs_spec.num_blocks} blocks but the model has "
                                f"{self.num_blocks} ({lm.num_layers} layers / block_size {self.block_size})")
+        self.blocks = BlockRunner(lm, self.block_size)
         self.policy_seconds = 0.0  # wall time in featurisation + policy calls (the policy_overhead_share bench)
 
     @classmethod
@@ -161,63 +165,25 @@ class PolarRunner:
         """Run the blocks with the policy deciding each: programs and the (B, T, H) final hidden states.
 
         last: (B,) index of each row's last context token (its features). context: (B, T) bool, the
-        tokens the pooled feature averages (the env's ``arange <= context_last``). ``kv``: one list per
-        row that receives the (keys, values) of each of its layer calls in program order.
+        tokens the pooled feature averages. ``kv``: one list per row that receives the (keys, values)
+        of each of its layer calls in program order. Observation and block step are the engine's.
         """
-        n, lm, bs = hidden.shape[0], self.lm, self.block_size
-        rows = torch.arange(n, device=hidden.device)
-        calls, loops = np.zeros(n), np.zeros(n, dtype=int)
-        prev, failed = np.full(n, -1), np.zeros(n, dtype=bool)
-        runs: list[list[int]] = [[] for _ in range(n)]
-        hidden = hidden.clone()
+        lm, bs = self.lm, self.block_size
+        progs = PartialPrograms.start(hidden.shape[0])
+        hidden = hidden.clone()  # (B, T, H)
+        on_kv = None if kv is None else _kv_sink(kv)
         for b in range(self.num_blocks):
-            # ---- decide: features -> policy -> masked argmax (one call for the batch)
-            t0 = time.perf_counter()
-            obs = self._observe(hidden, rows, last, context, b, calls, prev, failed)
-            actions = masked_argmax(self.policy(obs), self.rules.masks(b, calls, loops))
+            t0 = time.perf_counter()  # decide: features -> policy -> masked argmax (one call for the batch)
+            obs = observe_programs(lm, self.obs_spec, hidden, last, context, b, progs)
+            actions = masked_argmax(self.policy(obs), self.rules.masks(b, progs.calls, progs.loops))
             self.policy_seconds += time.perf_counter() - t0
-            r = np.where(actions == Action.LOOP, self.loop_runs, actions).astype(int)
-            r[failed] = 0
-            # ---- run block b: once over the rows that execute or loop, again over those that loop
-            for rep in range(int(r.max(initial=0))):
-                idx = torch.as_tensor(np.flatnonzero(r > rep), device=hidden.device)
-                sub, sub_inputs = hidden.index_select(0, idx), inputs.select(idx)
-                for layer in range(b * bs, (b + 1) * bs):
-                    cache = ProgramCache(1) if kv is not None else None
-                    sub = lm.run_layer(layer, sub, sub_inputs, cache)
-                    if cache is not None:
-                        k, v = cache.keys[0], cache.values[0]  # (rows, kv_heads, T, head_dim)
-                        for j, i in enumerate(idx.tolist()):
-                            kv[i].append((k[j : j + 1], v[j : j + 1]))  # type: ignore[index]
-                hidden[idx] = sub
-            ran = np.flatnonzero(r > 0)
-            if ran.size:  # a non-finite state ends the row's program as it ends an env episode
-                ok = torch.isfinite(hidden[torch.as_tensor(ran, device=hidden.device)]).flatten(1).all(1).cpu().numpy()
-                for i in ran[~ok]:
-                    failed[i], hidden[int(i)] = True, 0.0
-            for i in range(n):
-                runs[i].append(int(r[i]))
-            calls += r * bs
-            loops += actions == Action.LOOP
-            prev = actions.astype(int)
-        programs = [Program.from_runs(x, lm.num_layers, bs, self.loop_runs, lm.name) for x in runs]
+            runs = block_runs(actions, self.loop_runs, progs.failed)
+            ran = np.flatnonzero(runs)
+            hidden, ok = self.blocks.step(b, hidden, inputs, runs, ran, on_kv=on_kv)
+            progs.failed[ran[~ok]] = True  # a non-finite state ends the row's program as it ends an episode
+            progs.record(actions, runs, bs)
+        programs = [Program.from_runs(x, lm.num_layers, bs, self.loop_runs, lm.name) for x in progs.runs]
         return programs, hidden
-
-    def _observe(self, hidden: torch.Tensor, rows: torch.Tensor, last: torch.Tensor, context: torch.Tensor,
-                 block: int, calls: np.ndarray, prev: np.ndarray, failed: np.ndarray) -> np.ndarray:
-        """(N, D) float32 features, computed exactly as the environment's ``observe``."""
-        lm, spec, n = self.lm, self.obs_spec, hidden.shape[0]
-        normed = lm.norm(hidden[rows, last])  # (N, H)
-        pooled = lens = None
-        if spec.pooled:
-            mean = (hidden * context[..., None]).sum(1) / context.sum(1, keepdim=True)
-            pooled = lm.norm(mean)
-        if spec.logit_lens:
-            lens = logit_lens(lm.head(normed))
-        obs = featurize(spec, normed, torch.full((n,), block), torch.tensor(calls / lm.num_layers),
-                        torch.tensor(prev), pooled, lens)
-        obs[torch.as_tensor(failed, device=obs.device)] = 0.0
-        return obs.cpu().numpy()
 
     # ---- generation and scoring -----------------------------------------------------------
     @torch.inference_mode()
@@ -272,12 +238,21 @@ class PolarRunner:
                              f"context ({len(tq.context):,} tokens) + longest choice ({longest:,} tokens)")
         batch = pack_questions(self.lm.tokenizer, [example], self.lm.pad_token_id).to(self.lm.device)
         hidden, inputs = packed_inputs(self.lm, batch)
-        t = torch.arange(batch.input_ids.shape[1], device=hidden.device)
-        context_mask = t[None] <= batch.context_last[:, None]
-        (program,), final = self._decide(hidden, inputs, batch.context_last, context_mask)
+        tokens = context_mask(batch.context_last, batch.input_ids.shape[1])  # (1, T), as the engine's
+        (program,), final = self._decide(hidden, inputs, batch.context_last, tokens)
         scores = choice_scores(self.lm, batch, self.lm.norm(final))
         logprobs = tuple(float(x) for x in scores.logprobs[0])
         return ChoiceResult(logprobs, int(np.argmax(logprobs)), program)
+
+
+def _kv_sink(kv: list[_KV]) -> KVHook:
+    """A KV hook appending each row's (keys, values) of every layer call to ``kv[row]``, in program order."""
+
+    def take(rows: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+        for j, i in enumerate(rows):
+            kv[i].append((keys[j : j + 1], values[j : j + 1]))  # each (1, kv_heads, T, head_dim)
+
+    return take
 
 
 def _causal_allowed(mask: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     polar-rl train --config configs/smoke.yaml [--env.compute_penalty 0.05 ...] [--resume RUN_DIR]
     polar-rl evaluate RUN_DIR [--split test] [--limit N]
+    polar-rl baselines --config configs/default.yaml [--split val] [--limit N]
     polar-rl export RUN_DIR [--checkpoint best|final] [--format onnx|torchscript|both] [--out DIR]
     polar-rl generate --export DIR --prompt "..."
     polar-rl sweep configs/sweeps/compute_penalty.yaml --local [--count N] [--parallel N] [--resume SWEEP_DIR]
@@ -30,16 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("polar_rl.agents.sweep", "run a W&B sweep (configs/sweeps/*.yaml): online, or offline with --local"),
     "pareto": ("polar_rl.agents.pareto", "a sweep's accuracy-compute frontier: frontier.png, frontier.json, report.md"),
 }
-# commands that are planned but not built: command -> what it will do
-PLANNED: dict[str, str] = {}
 EXIT_USAGE = 2
 
 
 def usage() -> str:
-    width = max(map(len, [*COMMANDS, *PLANNED]))
+    width = max(map(len, COMMANDS))
     lines = ["usage: polar-rl <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
-    lines += [f"  {name:<{width}}  (not implemented yet) {desc}" for name, desc in PLANNED.items()]
     lines += ["", "`polar-rl <command> --help` lists the options of a command."]
     return "\n".join(lines)
 
@@ -68,10 +66,6 @@ def main(argv: Sequence[str] | None = None, command_line: Sequence[str] | None =
         print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_USAGE
     command, rest = args[0], args[1:]
-    if command in PLANNED:
-        print(f"polar-rl {command}: not implemented yet ({PLANNED[command]}; tracked as an open issue)",
-              file=sys.stderr)
-        return EXIT_USAGE
     if command not in COMMANDS:
         print(f"polar-rl: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n\n{usage()}",
               file=sys.stderr)

@@ -1,7 +1,15 @@
-"""Run a policy over every example of a split exactly once, through the lockstep engine.
+"""Episode loops of the evaluation: a policy, or fixed programs, over every example once.
 
-Every method (full model, static baselines, random programs, a trained policy) is evaluated by this
-one loop, so all go through the same scorer and the same compute accounting.
+:func:`rollout` runs one policy (an SB3 model through :func:`sb3_policy`) over a split through the
+lockstep engine: the eval callback during training, the skip-threshold calibration and the parity
+tests use it. :func:`rollout_programs` runs fixed programs (actions per block, through
+:func:`constant_policy`) and, optionally, policies first in each chunk, sharing the engine's prefix
+cache and reusing records already known: the evaluation's policy and static rows come from it.
+Both take the examples in chunks of similar length (:func:`length_chunks`) and go through the
+engine's scorer and compute accounting. Not here: the full model's row of an evaluation (the engine's
+reference results), the static search and the warm start's choice of program (they score programs
+with :mod:`polar_rl.search.runner`, without observations), and the warm start's behaviour-cloning
+episodes (``polar_rl.agents.warm_start.collect``).
 """
 
 from __future__ import annotations
@@ -136,19 +144,6 @@ def constant_policy(runs: Sequence[int]) -> PolicyFn:
 
     def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
         return np.full(obs.shape[0], table[block])
-
-    return act
-
-
-def random_policy(p: Sequence[float], seed: int = 0) -> PolicyFn:
-    """Random programs: each block draws SKIP / EXECUTE / LOOP with probabilities ``p`` (within masks)."""
-    rng = np.random.default_rng(seed)
-    probs = np.asarray(p, dtype=float)
-
-    def act(obs: np.ndarray, masks: np.ndarray, block: int) -> np.ndarray:
-        w = masks * probs[None, :]
-        w = w / w.sum(axis=1, keepdims=True)
-        return np.array([rng.choice(3, p=row) for row in w])
 
     return act
 

@@ -7,7 +7,6 @@ McNemar test on the discordant pairs (full right / method wrong vs full wrong / 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,15 +15,11 @@ from scipy import stats
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
+    """Wilson score interval for a binomial proportion (scipy's ``proportion_ci``); (0, 1) when n is 0."""
     if n == 0:
         return (0.0, 1.0)
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def mcnemar_exact(full_correct: Sequence[bool], method_correct: Sequence[bool]) -> dict[str, Any]:
@@ -41,6 +36,7 @@ def paired_bootstrap(
     full_correct: Sequence[bool], method_correct: Sequence[bool], n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """95 % bootstrap interval of accuracy(method) - accuracy(full), resampling questions."""
+    # not scipy.stats.bootstrap: same resamples, but its levels (1-0.95)/2 move last bits; it refuses n=1
     diff = np.asarray(method_correct, dtype=float) - np.asarray(full_correct, dtype=float)
     if diff.size == 0:
         return (0.0, 0.0)

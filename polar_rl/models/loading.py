@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -378,7 +378,7 @@ def load_model(
         torch.device(device)
     except RuntimeError as e:
         raise ModelSpecError(f"unknown device {device!r}: {e}") from e
-    ctx = offline() if resolved.offline else _nullcontext()
+    ctx = offline() if resolved.offline else nullcontext()
     hf_logging.disable_progress_bar()  # keep stderr for real messages (CLI errors are one line)
     with ctx:
         try:
@@ -442,11 +442,3 @@ def _identity(resolved: ResolvedModel, model: Any) -> str:
     except (OSError, ValueError, ImportError):
         commit = None
     return model_hash(resolved.source, commit) if commit else weights_hash(model)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -9,8 +9,8 @@ Each choice gets the positions it would have right after the context, and a bloc
 lets a choice token see the context and the earlier tokens of its own choice only. Per-choice
 log-probs equal the naive computation, while the shared context is processed once.
 
-Accuracy is reported two ways: ``acc`` (argmax of the summed log-prob) and ``acc_norm``
-(argmax of the log-prob per character of the continuation, olmo-eval's ``acc_per_char``).
+Accuracy is the argmax of the summed log-prob (lm-eval's ``acc``); no length-normalised accuracy
+(``acc_norm``) is computed.
 """
 
 from __future__ import annotations
@@ -37,10 +37,6 @@ class TokenizedQuestion:
     @property
     def packed_len(self) -> int:
         return len(self.context) + sum(len(c) for c in self.choices)
-
-    @property
-    def naive_len(self) -> int:
-        return sum(len(self.context) + len(c) for c in self.choices)
 
     @property
     def positions(self) -> int:
@@ -205,16 +201,8 @@ class ChoiceScores:
         return torch.stack([lp.argmax() for lp in self.logprobs])
 
     @property
-    def pred_norm(self) -> torch.Tensor:
-        return torch.stack([(lp / ch).argmax() for lp, ch in zip(self.logprobs, self.chars, strict=True)])
-
-    @property
     def correct(self) -> torch.Tensor:
         return self.pred == self.gold
-
-    @property
-    def correct_norm(self) -> torch.Tensor:
-        return self.pred_norm == self.gold
 
     @property
     def margin(self) -> torch.Tensor:

@@ -76,15 +76,16 @@ def test_resume_missing_folder_and_config_clash(capsys, output_dir, tmp_path) ->
     assert "only training.* and tracking.*" in err
 
 
-def test_planned_and_unknown_commands(capsys, monkeypatch) -> None:
-    # no command is planned now (sweep is implemented): plant one so the path stays tested
-    monkeypatch.setitem(cli.PLANNED, "distill", "distill a policy into a router")
-    assert cli.main(["distill"]) == 2
-    assert capsys.readouterr().err.startswith("polar-rl distill: not implemented yet (distill a policy into a router;")
+def test_unknown_command_and_usage(capsys) -> None:
     assert cli.main(["fly"]) == 2
-    assert "unknown command 'fly'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("polar-rl: unknown command 'fly'; choose one of train, evaluate,"), err
+    assert cli.main([]) == 2  # no command: the usage, on stderr
+    assert capsys.readouterr().err.startswith("usage: polar-rl <command>")
     assert cli.main(["--help"]) == 0
-    assert "train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name, (_, description) in cli.COMMANDS.items():
+        assert f"  {name}" in out and description in out
 
 
 def test_evaluate_on_a_folder_that_is_no_run(capsys, tmp_path) -> None:

@@ -99,23 +99,44 @@ class ResultStore:
         k = self.key
         return "model=? AND dtype=? AND device=? AND scoring=?", (k.model, k.dtype, k.device, k.scoring)
 
+    def _select(self, columns: str, table: str, condition: str, *params: Any) -> list[tuple[Any, ...]] | None:
+        """Rows of ``table`` under this key and ``condition``; None (after one warning) when unreadable."""
+        conn = self._connect()
+        if conn is None:
+            return None
+        where, args = self._where()
+        try:
+            with closing(conn):
+                return conn.execute(f"SELECT {columns} FROM {table} WHERE {where} AND {condition}",
+                                    (*args, *params)).fetchall()
+        except sqlite3.Error as e:
+            self._fail("read", e)
+            return None
+
+    def _write(self, statements: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> bool:
+        """Run ``(sql, rows)`` pairs (each row after this key's four values) in one transaction."""
+        conn = self._connect()
+        if conn is None:
+            return False
+        _, args = self._where()
+        try:
+            with closing(conn), conn:
+                for sql, rows in statements:
+                    conn.executemany(sql, [(*args, *row) for row in rows])
+        except sqlite3.Error as e:
+            self._fail("write", e)
+            return False
+        return True
+
     # ---- records ---------------------------------------------------------------------------
+    def _program_rows(self, program: str) -> list[tuple[Any, ...]]:
+        return self._select("example_id, example_hash, record", "results", "program=?", program) or []
+
     def load(self, program: str, examples: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """The cached records of ``program`` for ``examples`` ({id: content hash}) whose content is
         unchanged: {id: record}. Rows of an example's older content are never returned."""
-        conn = self._connect()
-        if conn is None or not examples:
-            return {}
-        where, args = self._where()
         out: dict[str, dict[str, Any]] = {}
-        try:
-            with closing(conn):
-                rows = conn.execute(f"SELECT example_id, example_hash, record FROM results WHERE {where} AND program=?",
-                                    (*args, program)).fetchall()
-        except sqlite3.Error as e:
-            self._fail("read", e)
-            return {}
-        for example_id, example_hash, record in rows:
+        for example_id, example_hash, record in self._program_rows(program) if examples else ():
             if examples.get(example_id) == example_hash:
                 try:
                     value = json.loads(record)
@@ -127,75 +148,43 @@ class ResultStore:
 
     def stale(self, program: str, examples: Mapping[str, str]) -> int:
         """How many of ``examples`` have a cached row only for other content (edited since)."""
-        conn = self._connect()
-        if conn is None or not examples:
-            return 0
-        where, args = self._where()
-        try:
-            with closing(conn):
-                rows = conn.execute(f"SELECT example_id, example_hash FROM results WHERE {where} AND program=?",
-                                    (*args, program)).fetchall()
-        except sqlite3.Error as e:
-            self._fail("read", e)
-            return 0
-        current = {i for i, h in rows if examples.get(i) == h}
-        return len({i for i, h in rows if i in examples and examples[i] != h} - current)
+        rows = self._program_rows(program) if examples else []
+        current = {i for i, h, _ in rows if examples.get(i) == h}
+        return len({i for i, h, _ in rows if i in examples and examples[i] != h} - current)
 
     def save(self, program: str, records: Iterable[tuple[str, str, Mapping[str, Any]]]) -> bool:
         """Insert or replace ``(example id, content hash, record)`` rows of ``program`` in one
         transaction (rows of other examples and programs are untouched); rows of an example's older
         content are deleted. False, with a warning, when the cache cannot be written."""
-        rows = [(example_id, example_hash, json.dumps(dict(record), sort_keys=True, allow_nan=False))
-                for example_id, example_hash, record in records]
-        conn = self._connect()
-        if conn is None:
-            return False
-        where, args = self._where()
         try:
-            with closing(conn), conn:
-                conn.executemany(f"DELETE FROM results WHERE {where} AND program=? AND example_id=? AND example_hash!=?",
-                                 [(*args, program, i, h) for i, h, _ in rows])
-                conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 [(*args, program, i, h, r) for i, h, r in rows])
-        except (sqlite3.Error, ValueError) as e:
+            rows = [(i, h, json.dumps(dict(r), sort_keys=True, allow_nan=False)) for i, h, r in records]
+        except ValueError as e:  # a non-finite value: not a result worth keeping
             self._fail("write", e)
             return False
-        return True
+        where, _ = self._where()
+        return self._write([
+            (f"DELETE FROM results WHERE {where} AND program=? AND example_id=? AND example_hash!=?",
+             [(program, i, h) for i, h, _ in rows]),
+            ("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(program, i, h, r) for i, h, r in rows]),
+        ])
 
     # ---- timings ---------------------------------------------------------------------------
     def load_seconds(self, program: str, questions: str) -> float | None:
         """Seconds per example of ``program`` as last measured on the question set ``questions``."""
-        conn = self._connect()
-        if conn is None:
-            return None
-        where, args = self._where()
-        try:
-            with closing(conn):
-                row = conn.execute(f"SELECT seconds FROM timings WHERE {where} AND program=? AND questions=?",
-                                   (*args, program, questions)).fetchone()
-        except sqlite3.Error as e:
-            self._fail("read", e)
-            return None
-        return None if row is None else float(row[0])
+        rows = self._select("seconds", "timings", "program=? AND questions=?", program, questions)
+        return float(rows[0][0]) if rows else None
 
     def save_seconds(self, program: str, questions: str, seconds: float) -> bool:
         """Keep ``seconds`` per example for ``questions``; only the :data:`MAX_TIMINGS` newest sets stay."""
-        conn = self._connect()
-        if conn is None:
+        rows = self._select("COALESCE(MAX(measured), 0)", "timings", "program=?", program)
+        if rows is None:
             return False
-        where, args = self._where()
-        try:
-            with closing(conn), conn:
-                newest = conn.execute(f"SELECT COALESCE(MAX(measured), 0) FROM timings WHERE {where} AND program=?",
-                                      (*args, program)).fetchone()[0]
-                conn.execute("INSERT OR REPLACE INTO timings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (*args, program, questions, float(seconds), int(newest) + 1))
-                conn.execute(f"DELETE FROM timings WHERE {where} AND program=? AND measured <= ?",
-                             (*args, program, int(newest) + 1 - MAX_TIMINGS))
-        except sqlite3.Error as e:
-            self._fail("write", e)
-            return False
-        return True
+        order = int(rows[0][0]) + 1
+        where, _ = self._where()
+        return self._write([
+            ("INSERT OR REPLACE INTO timings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(program, questions, float(seconds), order)]),
+            (f"DELETE FROM timings WHERE {where} AND program=? AND measured <= ?", [(program, order - MAX_TIMINGS)]),
+        ])
 
     # ---- files of earlier versions ---------------------------------------------------------------
     def import_once(self, path: Path, rows: Sequence[tuple[str, str, str, Mapping[str, Any]]]) -> bool:

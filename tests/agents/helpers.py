@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,33 @@ def run_polar_rl(args: Sequence[str], timeout: float = 600, **env: str) -> subpr
         [*POLAR_RL, *map(str, args)], cwd=REPO, env=cli_env(**env), capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+#: a tiny training run on the example spec: checkpoints at 64 and 128 steps, metrics up to 192
+TINY_RUN_ARGS = ["--config", "configs/smoke.yaml", "--task.name", str(REPO / "configs" / "tasks" / "example_spec.yaml"),
+                 "--env.block_size", "1", "--training.total_timesteps", "192", "--training.checkpoint_freq", "64",
+                 "--training.eval_freq", "64", "--training.progress_bar", "false", "--baselines.search_limit", "4"]
+
+
+def finished_tiny_run(model_dir: Path, root: Path, args: Sequence[str] = TINY_RUN_ARGS) -> Path:
+    """Train a complete tiny run (``polar-rl train ARGS`` on ``model_dir``) under ``root``; its run folder."""
+    proc = subprocess.run([*POLAR_RL, "train", *args, "--model.name", str(model_dir), "--output_dir", str(root / "runs")],
+                          cwd=REPO, env=cli_env(POLAR_RL_CACHE=str(root / "cache")), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (root / "runs").iterdir()
+    return run
+
+
+def killed_copy(run: Path, dest: Path) -> Path:
+    """A copy of the finished ``run`` under ``dest/runs`` as if killed after its last rollout: no
+    model.zip and no evaluation (neither the set in evals/ nor the names that link to it)."""
+    copy = dest / "runs" / run.name
+    shutil.copytree(run, copy, symlinks=True)
+    for name in ("eval.json", "model.zip", "eval_records.jsonl", "report.md", "pareto.png", "layers.png"):
+        (copy / name).unlink(missing_ok=True)
+    shutil.rmtree(copy / "evals", ignore_errors=True)
+    return copy
 
 
 def run_dirs(output_dir: Path) -> list[Path]:

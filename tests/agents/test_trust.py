@@ -17,7 +17,7 @@ from polar_rl.envs.engine import LockstepEngine
 from polar_rl.search.results import ReferenceStore, reference_store
 from polar_rl.tasks.examples import MCExample, Task
 from polar_rl.tasks.rewards import Reference
-from tests.agents.helpers import REPO, tiny_model_dir
+from tests.agents.helpers import REPO, finished_tiny_run, killed_copy, tiny_model_dir
 
 EXAMPLE_SPEC = REPO / "configs" / "tasks" / "example_spec.yaml"
 
@@ -181,29 +181,13 @@ def _one_error_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny run: checkpoints at 64 and 128 steps, metrics up to 192."""
-    import subprocess
-
-    from tests.agents.helpers import POLAR_RL, cli_env
-
-    root = tmp_path_factory.mktemp("finished")
-    proc = subprocess.run([*POLAR_RL, "train", *TINY_ARGS, "--model.name", str(tiny_dir), "--output_dir",
-                           str(root / "runs")], cwd=REPO, env=cli_env(POLAR_RL_CACHE=str(root / "cache")),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (root / "runs").iterdir()
-    return run
+    return finished_tiny_run(tiny_dir, tmp_path_factory.mktemp("finished"), TINY_ARGS)
 
 
 @pytest.fixture
 def killed_run(finished_run: Path, tmp_path: Path) -> Path:
     """The finished run as if killed after its last rollout: no model.zip, no evaluation."""
-    import shutil
-
-    run = tmp_path / "runs" / finished_run.name
-    shutil.copytree(finished_run, run)
-    for name in ("eval.json", "model.zip", "eval_records.jsonl", "report.md"):
-        (run / name).unlink(missing_ok=True)
-    return run
+    return killed_copy(finished_run, tmp_path)
 
 
 def _steps(run: Path) -> list[int]:

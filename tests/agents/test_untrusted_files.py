@@ -13,7 +13,6 @@ import io
 import json
 import pickle
 import shutil
-import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from polar_rl.agents.algorithms import DamagedModelError, ForeignModelError, load_algorithm
 from polar_rl.agents.callbacks import load_rng, state_from_json, state_to_json
 from polar_rl.agents.run_dir import checkpoint_paths, legacy_rng_path, list_checkpoints
-from tests.agents.helpers import POLAR_RL, REPO, cli_env, tiny_model_dir
+from tests.agents.helpers import REPO, finished_tiny_run, killed_copy, tiny_model_dir
 
 EXAMPLE_SPEC = REPO / "configs" / "tasks" / "example_spec.yaml"
 TINY_ARGS = ["--config", "configs/smoke.yaml", "--task.name", str(EXAMPLE_SPEC), "--env.block_size", "1",
@@ -51,24 +50,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete tiny run (maskable PPO): checkpoints at 64 and 128 steps, metrics up to 192."""
-    root = tmp_path_factory.mktemp("finished")
-    proc = subprocess.run([*POLAR_RL, "train", *TINY_ARGS, "--model.name", str(tiny_dir), "--output_dir",
-                           str(root / "runs")], cwd=REPO, env=cli_env(POLAR_RL_CACHE=str(root / "cache")),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (root / "runs").iterdir()
-    return run
+    """A complete tiny run: checkpoints at 64 and 128 steps, metrics up to 192."""
+    return finished_tiny_run(tiny_dir, tmp_path_factory.mktemp("finished"), TINY_ARGS)
 
 
 @pytest.fixture
 def killed_run(finished_run: Path, tmp_path: Path) -> Path:
     """The finished run as if killed after its last rollout: no model.zip, no evaluation."""
-    run = tmp_path / "runs" / finished_run.name
-    shutil.copytree(finished_run, run)
-    for name in ("eval.json", "model.zip", "eval_records.jsonl", "report.md"):
-        (run / name).unlink(missing_ok=True)
-    return run
+    return killed_copy(finished_run, tmp_path)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from torch import nn
 
 from polar_rl.config import ConfigError, EnvConfig
 from polar_rl.config_sources import load_config
-from polar_rl.fileio import replace_folder, temp_folder, write_text_atomic
+from polar_rl.fileio import replace_folder, sha256, temp_folder, write_text_atomic
 from polar_rl.masks import MaskRules
 from polar_rl.models.adapter import LayerModel
 from polar_rl.observation import ObservationSpec
@@ -46,7 +46,6 @@ from polar_rl.serving.manifest import (
     OUTPUT_NAME,
     check_manifest,
     observation_entry,
-    sha256_file,
 )
 
 OPSET = 18
@@ -236,7 +235,7 @@ def _write_export(net: ActorLogits, manifest: dict[str, Any], formats: tuple[str
         for fmt in formats:
             path = tmp / FILES[fmt]
             (_export_onnx if fmt == "onnx" else _export_torchscript)(net, spec.dim, path)
-            files[fmt] = {"file": path.name, "sha256": sha256_file(path)}
+            files[fmt] = {"file": path.name, "sha256": sha256(path)}
             if fmt == "onnx":
                 files[fmt]["opset"] = OPSET
         _check_parity(net, tmp, formats, spec.dim, spec.clip)

@@ -13,7 +13,6 @@ new one, never a mix. The result json lists the sha256 of the other four (``file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import Any
 
 from polar_rl.agents.run_dir import EVAL_FILE
 from polar_rl.config import ConfigError
-from polar_rl.fileio import replace_folder, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from polar_rl.fileio import replace_folder, sha256, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from polar_rl.search import frontier
 from polar_rl.search.frontier import Scored, matched_tolerance
 
@@ -187,7 +186,7 @@ def write_evaluation(files: EvalFiles, result: dict[str, Any], records: list[dic
         try:
             write_jsonl_atomic(tmp / files.names[0], records)
             write_report(tmp, result, records, suffix=files.suffix)
-            listed = {name: _sha256(tmp / name) for name in files.names[:-1]}
+            listed = {name: sha256(tmp / name) for name in files.names[:-1]}
             write_json_atomic(tmp / files.result, {**result, "files": listed})
             _adopt_plain_files(files)
             replace_folder(tmp, files.folder)
@@ -232,7 +231,7 @@ def _set_problem(files: EvalFiles) -> str | None:
         for name in files.names[:-1]:
             if name not in present:
                 return f"{name} is missing"
-            if listed.get(name) != _sha256(run_dir / name):
+            if listed.get(name) != sha256(run_dir / name):
                 return f"{name} is not the file {files.result} lists (another evaluation's)"
     elif files.names[0] not in present:  # an older set: its records must match the result
         return f"{files.names[0]} is missing"
@@ -256,14 +255,6 @@ def _records_problem(files: EvalFiles, result: dict[str, Any]) -> str | None:
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _new_folder(files: EvalFiles) -> Path:

@@ -23,7 +23,6 @@ whose run folder is still locked by a live process. Trials get SIGTERM when thei
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -52,7 +51,7 @@ from polar_rl.agents.run_dir import (
 )
 from polar_rl.config import ConfigError, shorten
 from polar_rl.config_sources import load_config, read_yaml
-from polar_rl.fileio import slug, write_json_atomic
+from polar_rl.fileio import sha256, slug, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
 #: 2: run folders relative to the sweep folder, the base config's sha256; 1 (read): run folders
@@ -233,10 +232,6 @@ def run_path(folder: Path, entry: str) -> Path:
     return path if path.is_absolute() else Path(folder) / path
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _state_problem(raw: Any) -> str | None:
     """What is wrong with the parsed ``sweep.json`` (its layout, not its values), or None."""
     if not isinstance(raw, dict):
@@ -322,7 +317,7 @@ def check_base_config(sweep: Sweep) -> None:
     if not Path(base).is_file():
         raise ConfigError(f"cannot resume {sweep.folder}: its base config {base!r} does not exist (read from "
                           f"the working directory, {os.getcwd()})")
-    now = file_sha256(base)
+    now = sha256(base)
     if sweep.base_sha256 is None:
         print(f"[sweep] {base}: pinned now (sha256 {now}); this sweep recorded no hash when it started")
         sweep.base_sha256 = now
@@ -704,4 +699,4 @@ def new_sweep(config: Path, sweep_cfg: dict[str, Any], out: Path | None) -> Swee
     folder.mkdir(parents=True, exist_ok=True)
     base = base_config_path(sweep_cfg)
     return Sweep(folder, sweep_cfg, str(config), f"sweep-{slug(folder.name)}",
-                 base_sha256=None if base is None else file_sha256(base))
+                 base_sha256=None if base is None else sha256(base))

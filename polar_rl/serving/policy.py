@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from polar_rl.fileio import sha256
 from polar_rl.serving.manifest import (
     ACTION_NAMES,
     FILES,
@@ -21,7 +22,6 @@ from polar_rl.serving.manifest import (
     OUTPUT_NAME,
     ServingError,
     check_file_name,
-    sha256_file,
 )
 
 BACKENDS = ("onnx", "torchscript")
@@ -45,7 +45,7 @@ def policy_file(export_dir: Path, manifest: dict[str, Any], backend: str) -> Pat
         raise ServingError(f"{path} leads outside the export folder (to {path.resolve()}); refusing to load it")
     if not path.is_file():
         raise ServingError(f"{export_dir} is incomplete: {entry['file']} is missing")
-    digest = sha256_file(path)
+    digest = sha256(path)
     if digest != entry["sha256"]:
         raise ServingError(f"{path} is corrupt or replaced: sha256 {digest[:16]}... differs from the manifest's "
                            f"{entry['sha256'][:16]}...")

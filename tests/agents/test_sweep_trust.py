@@ -24,6 +24,7 @@ import yaml
 from polar_rl.agents import cli
 from polar_rl.agents import sweep as sw
 from polar_rl.agents.run_dir import RunLock, list_checkpoints
+from polar_rl.fileio import sha256
 from tests.agents.helpers import POLAR_RL, REPO, cli_env, tiny_model_dir
 
 EXAMPLE_SPEC = REPO / "configs" / "tasks" / "example_spec.yaml"
@@ -253,12 +254,12 @@ def test_resume_refuses_a_base_config_edited_since_the_start(base: Path, tmp_pat
     own.write_text(base.read_text())
     folder = tmp_path / "sweep"
     sweep = _new_sweep(folder, _config(own))
-    pinned, saved = sw.file_sha256(own), sweep.path.read_bytes()
+    pinned, saved = sha256(own), sweep.path.read_bytes()
     assert sweep.base_sha256 == pinned
     own.write_text(own.read_text().replace("total_timesteps: 64", "total_timesteps: 128"))
     assert cli.main(["sweep", "--resume", str(folder)]) == 2
     line = _error_line(capsys)
-    assert f"base config {own} changed" in line and pinned in line and sw.file_sha256(own) in line
+    assert f"base config {own} changed" in line and pinned in line and sha256(own) in line
     assert sweep.path.read_bytes() == saved and sorted(p.name for p in folder.iterdir()) == ["sweep.json"]
 
     old = json.loads(saved)  # as polar-rl wrote it before: format 1, no hash, cwd-relative run folders
@@ -269,7 +270,7 @@ def test_resume_refuses_a_base_config_edited_since_the_start(base: Path, tmp_pat
     assert cli.main(["sweep", "--resume", str(folder), "--no-pareto"]) == 0
     assert "pinned now" in capsys.readouterr().out
     state = json.loads(sweep.path.read_text())
-    assert state["format"] == 2 and state["base_sha256"] == sw.file_sha256(own)
+    assert state["format"] == 2 and state["base_sha256"] == sha256(own)
     assert state["trials"][0]["run_dir"] == "runs/trial-000"
 
 

@@ -15,8 +15,8 @@ import torch
 
 from polar_rl.agents import cli
 from polar_rl.config import ConfigError
+from polar_rl.fileio import sha256
 from polar_rl.serving import PolarRunner, ServingError
-from polar_rl.serving.manifest import sha256_file
 from tests.serving.helpers import tiny_lm
 
 
@@ -72,7 +72,7 @@ def test_corrupt_onnx(copy: Path, lm) -> None:
     data = (copy / "policy.onnx").read_bytes()
     (copy / "policy.onnx").write_bytes(data[: len(data) // 2])
     assert "policy.onnx is corrupt or replaced: sha256" in _load_error(copy, lm)
-    digest = sha256_file(copy / "policy.onnx")  # a corrupt file the manifest vouches for
+    digest = sha256(copy / "policy.onnx")  # a corrupt file the manifest vouches for
     _edit(copy, lambda m: m["policy"]["files"]["onnx"].update(sha256=digest))
     assert "is not a valid ONNX model" in _load_error(copy, lm)
 
@@ -171,7 +171,7 @@ def test_manifest_files_are_plain_names_inside_the_folder(tmp_path: Path, export
         (folder / "policy.onnx").symlink_to(evil)
         name = "policy.onnx"
     name = str(evil) if name == "ABSOLUTE" else name
-    _edit(folder, lambda m: m["policy"]["files"]["onnx"].update(file=name, sha256=sha256_file(evil)))
+    _edit(folder, lambda m: m["policy"]["files"]["onnx"].update(file=name, sha256=sha256(evil)))
 
     def never(*args, **kwargs):
         raise AssertionError("a policy file was loaded")
@@ -223,7 +223,7 @@ def _wrong_policy(folder: Path, backend: str, inputs: int, outputs: int) -> None
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     else:
         torch.jit.trace(net, torch.zeros(2, inputs)).save(str(path))
-    _edit(folder, lambda m: m["policy"]["files"][backend].update(sha256=sha256_file(path)))
+    _edit(folder, lambda m: m["policy"]["files"][backend].update(sha256=sha256(path)))
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torchscript"])

@@ -86,18 +86,11 @@ class LockstepEngine:
         check_fits(lm, task.examples)  # a row past the model's positions fails here, before any episode
         self.lm, self.task, self.cfg, self.n = lm, task, cfg, n
         self.num_blocks = check_block_size(lm.num_layers, cfg.block_size)
-        bad = [b for b in cfg.always_execute if not 0 <= b < self.num_blocks]
-        if bad:
-            raise ValueError(f"always_execute blocks {bad} out of range 0..{self.num_blocks - 1}")
         self.always_execute = frozenset(cfg.always_execute)
-        forced = len(self.always_execute) * cfg.block_size / lm.num_layers
-        if cfg.max_compute_fraction is not None and forced > cfg.max_compute_fraction + 1e-9:
-            raise ValueError(
-                f"always_execute={sorted(self.always_execute)} forces {len(self.always_execute)} of {self.num_blocks} "
-                f"blocks (compute fraction {forced:.3f}), more than max_compute_fraction={cfg.max_compute_fraction}; "
-                f"raise the budget or execute fewer blocks")
         self.mask_rules = MaskRules(lm.num_layers, cfg.block_size, cfg.loop_runs, self.always_execute, cfg.max_loops,
                                     cfg.max_compute_fraction)
+        if (problem := self.mask_rules.problem()) is not None:
+            raise ValueError(problem)
         self.obs_spec = ObservationSpec(lm.hidden_size, self.num_blocks, cfg.obs_pooled, cfg.obs_logit_lens)
         self.cache = PrefixCache(cfg.prefix_cache_bytes) if cfg.prefix_cache_bytes > 0 else None
         self.reference: dict[str, Reference] = {} if reference is None else reference

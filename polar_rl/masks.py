@@ -38,6 +38,20 @@ class MaskRules:
     def __post_init__(self) -> None:
         object.__setattr__(self, "always_execute", frozenset(int(b) for b in self.always_execute))
 
+    def problem(self) -> str | None:
+        """Why these settings cannot hold for the model (an ``always_execute`` block out of range, or
+        more forced blocks than the budget allows), or None; the environment and the manifest check ask."""
+        num_blocks = self.num_layers // self.block_size
+        bad = sorted(b for b in self.always_execute if not 0 <= b < num_blocks)
+        if bad:
+            return f"always_execute blocks {bad} out of range 0..{num_blocks - 1}"
+        forced = len(self.always_execute) * self.block_size / self.num_layers
+        if self.max_compute_fraction is not None and forced > self.max_compute_fraction + 1e-9:
+            return (f"always_execute={sorted(self.always_execute)} forces {len(self.always_execute)} of {num_blocks} "
+                    f"blocks (compute fraction {forced:.3f}), more than max_compute_fraction="
+                    f"{self.max_compute_fraction}; raise the budget or execute fewer blocks")
+        return None
+
     def masks(self, block: int, calls: Sequence[float] | np.ndarray, loops: Sequence[int] | np.ndarray) -> np.ndarray:
         """(N, 3) bool for N programs standing at ``block`` with ``calls`` layer calls and ``loops`` loops so far."""
         calls, loops = np.asarray(calls, dtype=float), np.asarray(loops)

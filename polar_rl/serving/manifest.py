@@ -95,7 +95,7 @@ def check_manifest(manifest: dict[str, Any]) -> None:
         num_layers, hidden = _positive_int(model, "model", "num_layers"), _positive_int(model, "model", "hidden_size")
         env = env_settings(manifest)
         num_blocks = _check_program(manifest["program"], num_layers, env)
-        _check_masks(manifest["masks"], num_layers, num_blocks, env)
+        _check_masks(manifest["masks"], num_layers, env)
         _check_observation(manifest["observation"], ObservationSpec(hidden, num_blocks, env.obs_pooled,
                                                                     env.obs_logit_lens))
         _check_policy_entry(manifest["policy"], manifest["observation"]["dim"])
@@ -142,17 +142,13 @@ def _check_program(program: dict[str, Any], num_layers: int, env: EnvConfig) -> 
     return num_blocks
 
 
-def _check_masks(masks: dict[str, Any], num_layers: int, num_blocks: int, env: EnvConfig) -> None:
+def _check_masks(masks: dict[str, Any], num_layers: int, env: EnvConfig) -> None:
     """The masks must be what the environment builds from these settings, with its range and budget checks."""
-    bad = [b for b in env.always_execute if b >= num_blocks]
-    if bad:
-        raise ServingError(f"masks.always_execute blocks {bad} out of range 0..{num_blocks - 1}")
-    forced = len(set(env.always_execute)) * env.block_size / num_layers
-    if env.max_compute_fraction is not None and forced > env.max_compute_fraction + 1e-9:
-        raise ServingError(f"masks.always_execute={sorted(set(env.always_execute))} forces compute fraction "
-                           f"{forced:.3f}, more than masks.max_compute_fraction={env.max_compute_fraction}")
-    want = MaskRules(num_layers, env.block_size, env.loop_runs, frozenset(env.always_execute), env.max_loops,
-                     env.max_compute_fraction).to_dict()
+    rules = MaskRules(num_layers, env.block_size, env.loop_runs, frozenset(env.always_execute), env.max_loops,
+                      env.max_compute_fraction)
+    if (problem := rules.problem()) is not None:
+        raise ServingError(f"masks.{problem}")
+    want = rules.to_dict()
     if masks != want:
         diff = {k: masks.get(k) for k in sorted({*masks, *want}) if masks.get(k) != want.get(k)}
         raise ServingError(f"masks {_short(diff)} disagree with the model and program (expected {want})")

@@ -189,7 +189,7 @@ def test_manifest_files_are_plain_names_inside_the_folder(tmp_path: Path, export
     (lambda m: m["masks"].update(max_compute_fraction="1.25"), "'1.25'"),
     (lambda m: m["masks"].update(always_execute=[99]), "always_execute blocks [99] out of range 0..3"),
     (lambda m: m["masks"].update(always_execute=[-1]), "masks.always_execute: env.always_execute[0] must be >= 0, got -1"),
-    (lambda m: m["masks"].update(always_execute=[0, 1, 2, 3], max_compute_fraction=0.5), "forces compute fraction 1.0"),
+    (lambda m: m["masks"].update(always_execute=[0, 1, 2, 3], max_compute_fraction=0.5), "forces 4 of 4 blocks (compute fraction 1.000)"),
     (lambda m: m["masks"].update(num_layers=8), "masks {'num_layers': 8} disagree"),
     (lambda m: m["masks"].update(max_loops=-1), "masks.max_loops: env.max_loops must be >= 0, got -1"),
     (lambda m: (m["program"].update(block_size=3), m["masks"].update(block_size=3)), "block_size=3 does not divide"),

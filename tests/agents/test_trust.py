@@ -17,7 +17,7 @@ from polar_rl.envs.engine import LockstepEngine
 from polar_rl.search.results import ReferenceStore, reference_store
 from polar_rl.tasks.examples import MCExample, Task
 from polar_rl.tasks.rewards import Reference
-from tests.agents.helpers import REPO, finished_tiny_run, killed_copy, tiny_model_dir
+from tests.agents.helpers import REPO, tiny_model_dir
 
 EXAMPLE_SPEC = REPO / "configs" / "tasks" / "example_spec.yaml"
 
@@ -176,18 +176,6 @@ def _one_error_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if "Loading weights" not in line]
     assert len(lines) == 1, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete tiny run: checkpoints at 64 and 128 steps, metrics up to 192."""
-    return finished_tiny_run(tiny_dir, tmp_path_factory.mktemp("finished"), TINY_ARGS)
-
-
-@pytest.fixture
-def killed_run(finished_run: Path, tmp_path: Path) -> Path:
-    """The finished run as if killed after its last rollout: no model.zip, no evaluation."""
-    return killed_copy(finished_run, tmp_path)
 
 
 def _steps(run: Path) -> list[int]:

@@ -25,7 +25,7 @@ import torch
 from polar_rl.agents.algorithms import DamagedModelError, ForeignModelError, load_algorithm
 from polar_rl.agents.callbacks import load_rng, state_from_json, state_to_json
 from polar_rl.agents.run_dir import checkpoint_paths, legacy_rng_path, list_checkpoints
-from tests.agents.helpers import REPO, finished_tiny_run, killed_copy, tiny_model_dir
+from tests.agents.helpers import REPO, tiny_model_dir
 
 EXAMPLE_SPEC = REPO / "configs" / "tasks" / "example_spec.yaml"
 TINY_ARGS = ["--config", "configs/smoke.yaml", "--task.name", str(EXAMPLE_SPEC), "--env.block_size", "1",
@@ -46,18 +46,6 @@ class Payload:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tinymodel")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete tiny run: checkpoints at 64 and 128 steps, metrics up to 192."""
-    return finished_tiny_run(tiny_dir, tmp_path_factory.mktemp("finished"), TINY_ARGS)
-
-
-@pytest.fixture
-def killed_run(finished_run: Path, tmp_path: Path) -> Path:
-    """The finished run as if killed after its last rollout: no model.zip, no evaluation."""
-    return killed_copy(finished_run, tmp_path)
 
 
 @pytest.fixture
